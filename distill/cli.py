@@ -1,0 +1,78 @@
+"""The `distill` command: LightningCLI's Trainer verbs plus thin typed tools. Dispatch only."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import jsonargparse
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningCLI
+
+from distill import cache, predict, quickstart
+
+TOOLS = {"cache": cache.main, "quickstart": quickstart.main}
+TRAINER_VERBS = {
+    "fit": "train a teacher or a student (model picked by class_path)",
+    "validate": "evaluate on the validation split",
+    "test": "evaluate on the test split",
+    "predict": "teacher: scores for pairs; student: embeddings for texts (Parquet)",
+}
+
+
+class DistillCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: jsonargparse.ArgumentParser) -> None:
+        # `distill predict` writes Parquet (teacher: pair_id, score; student: id, embedding)
+        parser.add_argument("--predictions", type=str | None, default=None,
+                            help="predict only: Parquet file to write the predictions to")
+
+    def before_predict(self) -> None:
+        path = self.config.get("predict", {}).get("predictions")
+        if path:
+            self.trainer.callbacks.append(predict.ParquetWriter(path))
+
+
+def _cause(message: str) -> str:
+    # jsonargparse wraps an error raised while building a class_path part in a list of union alternatives;
+    # the line users need is ours, not "Expected a <class 'NoneType'>"
+    if "Union subtypes" not in message:
+        return message
+    causes = [line.strip()[2:] for line in message.splitlines()
+              if line.strip().startswith("- ") and "NoneType" not in line]
+    return causes[0] if causes else message
+
+
+def _help() -> str:
+    lines = ["usage: distill <verb> [--config CONFIG.yaml] [options]", "", "Trainer verbs (LightningCLI):"]
+    lines += [f"  {verb:<11} {text}" for verb, text in TRAINER_VERBS.items()]
+    lines += ["", "Tools:"]
+    lines += [f"  {verb:<11} {(fn.__doc__ or '').strip().splitlines()[0]}" for verb, fn in TOOLS.items()]
+    lines += ["", "`distill <verb> --help` shows a verb's options; `--print_config` prints a resolved config."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `distill` console script: bad input ends in one line naming the problem and the fix
+    (set DISTILL_TRACEBACK=1 for the full traceback)."""
+    try:
+        run(argv)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("DISTILL_TRACEBACK") == "1":
+            raise
+        print(f"distill: error: {_cause(str(err))}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(argv: list[str] | None = None) -> Any:
+    """Run a verb; returns the LightningCLI (Trainer verbs) or the tool's result, for programmatic use."""
+    given = sys.argv[1:] if argv is None else argv
+    if not given or given[0] in ("-h", "--help"):
+        print(_help())
+        return None
+    if given[0] in TOOLS:
+        tool = TOOLS[given[0]]
+        return jsonargparse.CLI(tool, args=given[1:], as_positional=False)
+    # args=None reads sys.argv; passing both makes LightningCLI warn
+    return DistillCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                      args=argv, save_config_kwargs={"overwrite": True})

@@ -1,0 +1,381 @@
+"""Pair data: reading and validating pair files, stable `pair_id`s, tokenisation and the pair datamodule.
+
+A pair row is `pair_id, text_a, text_b[, label]` (DESIGN.md "Data contracts"). Gold labels are declared
+on a `label_range` and mapped to [0, 1] as `gold`; teacher scores come from the score cache as `score`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import math
+import unicodedata
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader, Sampler
+from transformers import AutoTokenizer
+
+#: bundled datasets: name -> (folder, file pattern, label_range)
+BUNDLED = {"stsb": ("stsbenchmark", "sts-{split}.csv", (0.0, 5.0))}
+SPLITS = ("train", "dev", "test")
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the row or column, and the fix."""
+
+
+def normalise(text: str) -> str:
+    """The text form that `pair_id` hashes: NFC, whitespace collapsed and stripped."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def make_pair_id(text_a: str, text_b: str) -> str:
+    """Order-sensitive id of a pair: score(a, b) != score(b, a) for a cross-encoder."""
+    joined = normalise(text_a) + "\x1f" + normalise(text_b)
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:20]
+
+
+def bundled_path(name: str) -> tuple[Path, tuple[float, float]]:
+    """`stsb/train` -> (path to the bundled file, its label_range)."""
+    dataset, _, split = name.partition("/")
+    if dataset not in BUNDLED or split not in SPLITS:
+        raise DataError(
+            f"unknown bundled dataset {name!r}: use one of "
+            f"{', '.join(f'{d}/{s}' for d in BUNDLED for s in SPLITS)} or a file path"
+        )
+    folder, pattern, label_range = BUNDLED[dataset]
+    root = importlib.resources.files("distill") / "bundled" / folder
+    return Path(str(root / pattern.format(split=split))), label_range
+
+
+def _read_stsb(path: Path) -> pd.DataFrame:
+    # tab-separated, no header; 197 lines carry extra columns after s2 and quotes are literal,
+    # so split on tabs and take fields 4-6 instead of using a CSV parser
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return pd.DataFrame({"label": [r[4] for r in rows], "text_a": [r[5] for r in rows],
+                         "text_b": [r[6] for r in rows]})
+
+
+def _read_table(path: Path, file_format: str | None) -> pd.DataFrame:
+    fmt = file_format or FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unknown file type {path.suffix!r}; use {', '.join(FORMATS)} or set the format")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; fix the data path in the config")
+    try:
+        if fmt in ("csv", "tsv"):
+            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
+                               encoding="utf-8")
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        return pd.read_parquet(path)
+    except (UnicodeDecodeError, ValueError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot be read as {fmt} ({first}); check the file or its format") from err
+
+
+def read_pairs(
+    source: str,
+    text_a_column: str = "text_a",
+    text_b_column: str = "text_b",
+    label_column: str | None = "label",
+    id_column: str | None = None,
+    label_range: tuple[float, float] | None = None,
+) -> tuple[Dataset, tuple[float, float] | None]:
+    """Read and validate a pair file (or a bundled split such as `stsb/train`).
+
+    Returns the rows as a `Dataset` (`pair_id, text_a, text_b[, label, gold]`) and the label range.
+
+    Raises:
+        DataError: a missing column, an empty text, a non-numeric or out-of-range label, or a duplicate
+            `pair_id` with different texts; the message names the file, the row (1-based) and the fix.
+    """
+    if "/" in source and source.split("/")[0] in BUNDLED and not Path(source).exists():
+        path, bundled_range = bundled_path(source)
+        frame = _read_stsb(path)
+        columns = {"text_a": "text_a", "text_b": "text_b", "label": "label"}
+        label_range = label_range or bundled_range
+    else:
+        path = Path(source)
+        frame = _read_table(path, None)
+        columns = {"text_a": text_a_column, "text_b": text_b_column}
+        if label_column and label_column in frame.columns:
+            columns["label"] = label_column
+        if id_column:
+            columns["pair_id"] = id_column
+    missing = [c for c in columns.values() if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; the file has {list(frame.columns)}. "
+            f"Set data.init_args.text_a_column / text_b_column / label_column / id_column to match"
+        )
+    if len(frame) == 0:
+        raise DataError(f"{path}: no rows; point the config at a non-empty file")
+    out: dict[str, list[Any]] = {}
+    for key in ("text_a", "text_b"):
+        texts = frame[columns[key]].tolist()
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"{path}, row {i + 1}: empty {columns[key]!r} text; remove the row or fill it")
+        out[key] = texts
+    if "label" in columns:
+        out["label"] = _labels(frame[columns["label"]].tolist(), path, columns["label"], label_range)
+    ids = ([str(x) for x in frame[columns["pair_id"]]] if "pair_id" in columns
+           else [make_pair_id(a, b) for a, b in zip(out["text_a"], out["text_b"])])
+    _check_ids(ids, out["text_a"], out["text_b"], path)
+    rows = {"pair_id": ids, **out}
+    if "label" in out:
+        lo, hi = label_range  # type: ignore[misc]
+        rows["gold"] = [(x - lo) / (hi - lo) for x in out["label"]]
+    return Dataset.from_dict(rows), label_range
+
+
+def _labels(values: list[Any], path: Path, column: str, label_range: tuple[float, float] | None) -> list[float]:
+    if label_range is None:
+        raise DataError(f"{path}: labels in {column!r} need a declared range; set data.init_args.label_range, "
+                        f"e.g. [0, 5]")
+    lo, hi = label_range
+    labels = []
+    for i, v in enumerate(values):
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}, row {i + 1}: label {v!r} in {column!r} is not a number; fix or drop the row") \
+                from None
+        if not math.isfinite(x):
+            raise DataError(f"{path}, row {i + 1}: label {v!r} in {column!r} is not finite; fix or drop the row")
+        if not lo <= x <= hi:
+            raise DataError(f"{path}, row {i + 1}: label {x} in {column!r} is outside label_range [{lo}, {hi}]; "
+                            f"fix the row or data.init_args.label_range")
+        labels.append(x)
+    return labels
+
+
+def _check_ids(ids: list[str], text_a: list[str], text_b: list[str], path: Path) -> None:
+    seen: dict[str, int] = {}
+    for i, pid in enumerate(ids):
+        j = seen.setdefault(pid, i)
+        if j != i and (normalise(text_a[i]), normalise(text_b[i])) != (normalise(text_a[j]), normalise(text_b[j])):
+            raise DataError(f"{path}, row {i + 1}: pair_id {pid!r} already names row {j + 1} with different texts; "
+                            f"make the ids unique or drop id_column to hash the texts")
+
+
+def read_texts(source: str, text_column: str = "text", id_column: str | None = None) -> Dataset:
+    """Read single texts for a student's `predict` (`text` column and optional `id`, unless others are named)."""
+    path = Path(source)
+    frame = _read_table(path, None)
+    if text_column not in frame.columns and "text" in frame.columns:
+        text_column = "text"
+    if text_column not in frame.columns:
+        raise DataError(f"{path}: missing column {text_column!r}; the file has {list(frame.columns)}. "
+                        f"Set data.init_args.text_a_column")
+    texts = frame[text_column].tolist()
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(f"{path}, row {i + 1}: empty text; remove the row or fill it")
+    id_column = id_column or ("id" if "id" in frame.columns else None)
+    ids = ([str(x) for x in frame[id_column]] if id_column and id_column in frame.columns
+           else [hashlib.sha256(normalise(t).encode()).hexdigest()[:20] for t in texts])
+    return Dataset.from_dict({"pair_id": ids, "text_a": texts})
+
+
+def fingerprint(rows: Dataset) -> str:
+    """Content hash of pair rows (ids, and labels where present): names the data in the score cache."""
+    h = hashlib.sha256()
+    for pid in rows["pair_id"]:
+        h.update(pid.encode() + b"\n")
+    if "label" in rows.column_names:
+        h.update(repr(rows["label"]).encode())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(path: str):  # noqa: ANN201 - transformers' tokenizer classes
+    return AutoTokenizer.from_pretrained(path)
+
+
+def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: bool, prefix: str = "") -> dict:
+    """Tokenise pairs jointly (cross-encoder) or each side apart (bi-encoder), unpadded.
+
+    Module-level with plain `fn_kwargs` so `Dataset.map` fingerprints it stably.
+    """
+    tok = load_tokenizer(tokenizer)
+    if joint:
+        enc = tok(batch["text_a"], batch["text_b"], truncation=True, max_length=max_length)
+        return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    out = {}
+    for side in ("a", "b"):
+        if f"text_{side}" not in batch:
+            continue
+        enc = tok([prefix + t for t in batch[f"text_{side}"]], truncation=True, max_length=max_length)
+        out[f"{side}_input_ids"] = enc["input_ids"]
+        out[f"{side}_attention_mask"] = enc["attention_mask"]
+    return out
+
+
+class PairCollator:
+    """Pads each batch to its own longest sequence (never to max_length).
+
+    Both sides of a bi-encoder pair share one width, so the student encodes them in one forward pass.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        batch: dict[str, Any] = {"pair_id": [r["pair_id"] for r in rows]}
+        sequences = [k for k in rows[0] if k.endswith(("input_ids", "attention_mask", "token_type_ids"))]
+        width = max(len(r[k]) for r in rows for k in sequences) if sequences else 0
+        for key in sequences:
+            pad = self.pad_token_id if key.endswith("input_ids") else 0
+            batch[key] = torch.tensor([r[key] + [pad] * (width - len(r[key])) for r in rows])
+        for key in ("gold", "score", "label"):
+            if key in rows[0]:
+                batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
+        return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Random order in which neighbours have similar lengths, so per-batch padding stays small.
+
+    Shuffles, cuts the order into windows of `window` rows, sorts each window by length. Under DDP Lightning
+    wraps it, and each rank takes every world-th index of this order, which keeps neighbours alike.
+    """
+
+    def __init__(self, lengths: list[int], window: int, seed: int = 0) -> None:
+        self.lengths, self.window, self.seed, self.epoch = lengths, window, seed, 0
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        for start in range(0, len(order), self.window):
+            yield from sorted(order[start:start + self.window], key=self.lengths.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+class PairDataModule(pl.LightningDataModule):
+    """Pairs for teachers (tokenised jointly) and students (each side apart), with cached teacher scores.
+
+    The tokenisation is asked of the model being trained (`model.tokenization()`), so the collator always
+    tokenises exactly as the model does: the backbone is given once, in the model.
+
+    Args:
+        train: a pair file (csv/tsv/jsonl/parquet) or a bundled split such as `stsb/train`.
+        val: pairs for validation and checkpoint selection (never a test split).
+        test: pairs for `distill test`.
+        predict: pairs (teacher) or texts (student, column `text_a_column` or `text`) for `distill predict`.
+        text_a_column: column of the first text.
+        text_b_column: column of the second text.
+        label_column: column of gold labels (optional in the file).
+        id_column: column of user-supplied pair ids; by default ids hash the texts in order.
+        label_range: the declared range of gold labels, mapped to [0, 1] (bundled STS-B: [0, 5]).
+        cache_dir: a score cache (`distill cache --out`) holding teacher scores for the train pairs.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and predict.
+        max_pairs: use only the first N pairs of each split (smoke runs).
+        group_by_length: batch training pairs of similar length (less padding, faster on CPU).
+        seed: seed of the training order.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        predict: str | None = None,
+        text_a_column: str = "text_a",
+        text_b_column: str = "text_b",
+        label_column: str | None = "label",
+        id_column: str | None = None,
+        label_range: tuple[float, float] | None = None,
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        max_pairs: int | None = None,
+        group_by_length: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.sources = {"train": train, "val": val, "test": test, "predict": predict}
+        self.datasets: dict[str, Dataset] = {}
+        self.label_ranges: dict[str, tuple[float, float] | None] = {}
+
+    def rows(self, split: str) -> Dataset:
+        """Validated, untokenised rows of a split (`train`, `val`, `test`, `predict`)."""
+        source = self.sources[split]
+        if source is None:
+            raise DataError(f"no {split} data configured: set data.init_args.{split}")
+        hp = self.hparams
+        if split == "predict" and not self._tokenization()["joint"]:
+            rows = read_texts(source, text_column=hp.text_a_column, id_column=hp.id_column)
+        else:
+            rows, label_range = read_pairs(source, hp.text_a_column, hp.text_b_column, hp.label_column,
+                                           hp.id_column, tuple(hp.label_range) if hp.label_range else None)
+            self.label_ranges[split] = label_range
+        if hp.max_pairs is not None:
+            rows = rows.select(range(min(hp.max_pairs, len(rows))))
+        return rows
+
+    def _tokenization(self) -> dict[str, Any]:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is None or not hasattr(model, "tokenization"):
+            raise RuntimeError("PairDataModule needs a model with a tokenization() method (a teacher or DistillModule)")
+        return model.tokenization()
+
+    def build(self, split: str) -> Dataset:
+        """Tokenised rows of a split, with teacher scores joined in for a student's train split."""
+        rows = self.rows(split)
+        spec = self._tokenization()
+        rows = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
+        if split == "train" and self.hparams.cache_dir is not None:
+            from distill.cache import ScoreCache  # the cache module reads data; import here to avoid a cycle
+
+            rows = ScoreCache(self.hparams.cache_dir).join(rows)
+        return rows
+
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        for split in wanted:
+            if split == "val" and self.sources["val"] is None:
+                continue
+            if split not in self.datasets:
+                self.datasets[split] = self.build(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        tok = load_tokenizer(self._tokenization()["tokenizer"])
+        dataset = self.datasets[split]
+        size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
+        sampler = None
+        if shuffle and self.hparams.group_by_length:
+            key = "input_ids" if "input_ids" in dataset.column_names else "a_input_ids"
+            lengths = [len(x) for x in dataset[key]]
+            sampler = LengthGroupedSampler(lengths, window=size * 32, seed=self.hparams.seed)
+        return DataLoader(dataset, batch_size=size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          collate_fn=PairCollator(tok.pad_token_id or 0), num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+

@@ -1,0 +1,124 @@
+"""DistillModule: a bi-encoder student trained on cached teacher scores and gold labels by named objectives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from distill.evaluation import SpearmanByMode
+from distill.losses import ScoreRegression
+from students import BiEncoder
+from teachers.cross_encoder import adamw_with_warmup
+
+
+class DistillModule(pl.LightningModule):
+    """Distil a teacher into a bi-encoder student.
+
+    Each objective is keyed by name, so every weight has a dotted CLI key that a sweep can set, e.g.
+    `--model.init_args.objectives.teacher_mse.init_args.weight=0.7`. Each term is logged as `train/{name}`.
+
+    Args:
+        student: the bi-encoder being trained (`students.BiEncoder`).
+        objectives: name -> objective (`distill.losses`); default: gold-label regression only.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not on biases and norms).
+        warmup_ratio: share of optimiser steps spent warming up, then linear decay to 0.
+    """
+
+    def __init__(
+        self,
+        student: BiEncoder,
+        objectives: dict[str, nn.Module] | None = None,
+        lr: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "objectives"] if not _under_cli(self) else None)
+        self.student = student
+        self.objectives = nn.ModuleDict(objectives or {"gold_mse": ScoreRegression(target="gold")})
+        if all(o.weight == 0 for o in self.objectives.values()):
+            raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
+        self.val_metrics = SpearmanByMode(student.modes)
+        self.test_metrics = SpearmanByMode(student.modes)
+        # the scoring mode used for `{split}/spearman`: chosen on validation data, saved in checkpoints
+        self.selected_mode = "cosine"
+
+    def tokenization(self) -> dict[str, Any]:
+        return self.student.tokenization()
+
+    def _encode_pair(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        # both sides in one forward pass (the collator pads them to one width)
+        ids = torch.cat([batch["a_input_ids"], batch["b_input_ids"]])
+        mask = torch.cat([batch["a_attention_mask"], batch["b_attention_mask"]])
+        u, v = self.student(ids, mask).chunk(2)  # (batch, dim) each
+        return self.student.scores(u, v)  # mode -> (batch,)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        scores = self._encode_pair(batch)
+        size = len(batch["pair_id"])
+        total = torch.zeros((), device=self.device)
+        for name, objective in self.objectives.items():
+            if objective.weight == 0:
+                continue
+            targets = self._targets(batch, objective.target, name)
+            term = sum(objective(s, targets) for s in scores.values())
+            self.log(f"train/{name}", term, batch_size=size)
+            total = total + objective.weight * term
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        return total
+
+    @staticmethod
+    def _targets(batch: dict[str, Any], target: str, name: str) -> Tensor:
+        key = "score" if target == "teacher" else "gold"
+        if key not in batch:
+            fix = ("set data.init_args.cache_dir to a score cache (run `distill cache` first)" if key == "score"
+                   else "the training data has no label column (data.init_args.label_column)")
+            raise ValueError(f"objective {name!r} needs {'teacher scores' if key == 'score' else 'gold labels'}: {fix}, "
+                             f"or set model.init_args.objectives.{name}.init_args.weight=0")
+        return batch[key]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update(self._encode_pair(batch), batch["gold"])
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_metrics.update(self._encode_pair(batch), batch["gold"])
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.selected_mode = max(values, key=lambda m: values[m].item())
+        self.log_dict({f"val/spearman_{m}": v for m, v in values.items()})
+        self.log("val/spearman", values[self.selected_mode], prog_bar=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        self.log_dict({f"test/spearman_{m}": v for m, v in values.items()})
+        self.log("test/spearman", values[self.selected_mode])
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Student embeddings of single texts, with their ids."""
+        emb = self.student(batch["a_input_ids"], batch["a_attention_mask"])
+        return {"id": batch["pair_id"], "embedding": emb.float().cpu()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["selected_mode"] = self.selected_mode
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.selected_mode = checkpoint.get("selected_mode", "cosine")
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup_ratio)
+
+
+def _under_cli(module: pl.LightningModule) -> bool:
+    # LightningCLI hands save_hyperparameters the class_path config, so load_from_checkpoint can rebuild
+    # the student; a module built in Python keeps only the plain arguments (the weights are in the state dict)
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None

@@ -1,0 +1,128 @@
+"""Cross-encoder teacher: a transformers backbone reads (text_a, text_b) jointly and outputs a score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Accuracy, MetricCollection, SpearmanCorrCoef
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+from distill.backbones import load_backbone
+
+
+def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float, warmup_ratio: float) -> dict:
+    """AdamW with linear warm-up and linear decay, stepped per optimiser step.
+
+    Not LightningCLI's `lr_scheduler`: that steps per epoch and cannot know the total number of steps,
+    which the trainer only knows once the data is attached (`estimated_stepping_batches`).
+    """
+    no_decay = [p for n, p in module.named_parameters() if p.ndim < 2]  # biases and LayerNorm weights
+    decay = [p for n, p in module.named_parameters() if p.ndim >= 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    total = int(module.trainer.estimated_stepping_batches)
+    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class CrossEncoder(pl.LightningModule):
+    """A cross-encoder: regression head (`num_labels=1`, score in [0, 1] after a sigmoid) or classification.
+
+    Args:
+        backbone: short name (`minilm-l6`, `all-mpnet-base-v2`), local folder or hub id.
+        num_labels: 1 for a regression score; >1 for classification over labels 0..num_labels-1.
+        max_length: tokens per pair (both texts together), truncated beyond.
+        loss: regression loss on gold labels mapped to [0, 1]: `bce` on the logit (as sentence-transformers'
+            CrossEncoder) or `mse` on its sigmoid.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not on biases and norms).
+        warmup_ratio: share of optimiser steps spent warming up, then linear decay to 0.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "minilm-l6",
+        num_labels: int = 1,
+        max_length: int = 128,
+        loss: str = "bce",
+        lr: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if loss not in ("bce", "mse"):
+            raise ValueError(f"model.init_args.loss is {loss!r}; expected 'bce' or 'mse'")
+        self.save_hyperparameters()
+        self.model, self.backbone_path = load_backbone(AutoModelForSequenceClassification, backbone,
+                                                       num_labels=num_labels)
+        self.model.train()  # from_pretrained returns eval mode, which would silently switch dropout off
+        self.regression = num_labels == 1
+        make = (lambda: SpearmanCorrCoef()) if self.regression else (  # noqa: E731
+            lambda: Accuracy(task="multiclass", num_classes=num_labels))
+        name = "spearman" if self.regression else "accuracy"
+        self.metrics = torch.nn.ModuleDict({s: MetricCollection({name: make()}, prefix=f"{s}/") for s in ("val", "test")})
+
+    @property
+    def score_transform(self) -> str:
+        """How the cache maps raw scores onto the target scale (DESIGN.md "Score cache")."""
+        return "sigmoid" if self.regression else "identity"
+
+    def tokenization(self) -> dict[str, Any]:
+        """How the datamodule must tokenise for this model."""
+        return {"tokenizer": self.backbone_path, "max_length": self.hparams.max_length, "joint": True, "prefix": ""}
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Raw scores: (batch,) logits for regression, (batch, num_labels) for classification."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        logits = self.model(**inputs).logits
+        return logits.squeeze(-1) if self.regression else logits
+
+    def _loss(self, logits: Tensor, gold: Tensor) -> Tensor:
+        if not self.regression:
+            return F.cross_entropy(logits, gold.long())
+        if self.hparams.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, gold)
+        return F.mse_loss(torch.sigmoid(logits), gold)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self._loss(self(batch), self._gold(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["pair_id"]))
+        return loss
+
+    def _gold(self, batch: dict[str, Any]) -> Tensor:
+        key = "gold" if self.regression else "label"
+        if key not in batch:
+            raise ValueError("training a teacher needs gold labels: the data has no label column "
+                             "(set data.init_args.label_column)")
+        return batch[key] if self.regression else batch[key].long()
+
+    def _evaluate(self, batch: dict[str, Any], split: str) -> None:
+        logits = self(batch)
+        preds = torch.sigmoid(logits) if self.regression else logits.argmax(-1)
+        self.metrics[split].update(preds.float() if self.regression else preds, self._gold(batch))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.metrics["val"].compute(), prog_bar=True)
+        self.metrics["val"].reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.metrics["test"].compute())
+        self.metrics["test"].reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Raw scores (what the cache stores), with their pair ids."""
+        return {"pair_id": batch["pair_id"], "score": self(batch).float().cpu()}
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup_ratio)

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random BERT backbone (no network) and tiny pair files."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("a man woman child dog cat plays playing guitar piano eats food runs walks park street the is on in "
+         "with car red blue big small sits mat reads book sings song rides horse bike").split()
+
+
+def sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + "."
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide BERT with a word-level vocab covering WORDS, saved as a local folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *sorted(set(WORDS))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def write_pairs(path: Path, n: int, seed: int = 0) -> Path:
+    """A CSV of n pairs with labels in [0, 5] (more shared words -> higher label)."""
+    import csv
+
+    rng = random.Random(seed)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text_a", "text_b", "label"])
+        for _ in range(n):
+            a = sentence(rng)
+            b = a if rng.random() < 0.3 else sentence(rng)
+            overlap = len(set(a.split()) & set(b.split())) / len(set(a.split()) | set(b.split()))
+            w.writerow([a, b, f"{5 * overlap:.2f}"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("pairs")
+    return {split: str(write_pairs(folder / f"{split}.csv", n, seed))
+            for split, n, seed in (("train", 96, 0), ("dev", 48, 1), ("test", 48, 2))}

@@ -1,0 +1,66 @@
+"""The command line: help, shipped configs, config errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from distill.cli import TOOLS, TRAINER_VERBS, main, run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_help_lists_every_verb(capsys):
+    """`distill --help` shows both groups: Trainer verbs and tools."""
+    main(["--help"])
+    text = capsys.readouterr().out
+    for verb in [*TRAINER_VERBS, *TOOLS]:
+        assert f"  {verb} " in text
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
+def test_shipped_config_parses(config: Path, capsys):
+    """Every YAML opens with its command line and loads with --print_config, so shipped configs can't rot."""
+    first = config.read_text().splitlines()[0]
+    assert first.startswith("# distill ") and f"--config {config.relative_to(ROOT)}" in first, first
+    verb = first.split()[2]
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(SystemExit) as done:
+        run([verb, "--config", str(config), "--print_config"])
+    assert done.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+def test_objective_weight_is_set_by_its_dotted_key(capsys):
+    """A sweep sets a weight with --model.init_args.objectives.<name>.init_args.weight=X."""
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(SystemExit):
+        run(["fit", "--config", str(ROOT / "configs/student/quickstart.yaml"),
+             "--model.init_args.objectives.teacher_mse.init_args.weight=0.7", "--print_config"])
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    objectives = printed["model"]["init_args"]["objectives"]
+    assert objectives["teacher_mse"]["init_args"]["weight"] == 0.7
+    assert objectives["gold_mse"]["init_args"]["weight"] == 0.5
+
+
+def test_unknown_config_key_is_named():
+    """A typo in a key fails before any work, naming the key."""
+    proc = subprocess.run([sys.executable, "-m", "distill", "fit", "--config",
+                           str(ROOT / "configs/teacher/quickstart.yaml"), "--model.init_args.learning_rate=1e-3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "learning_rate" in proc.stderr
+
+
+def test_missing_backbone_is_one_line(tmp_path):
+    """A backbone folder that does not exist ends in one `distill: error:` line naming it."""
+    proc = subprocess.run([sys.executable, "-m", "distill", "fit", "--config",
+                           str(ROOT / "configs/teacher/quickstart.yaml"),
+                           f"--model.init_args.backbone={tmp_path}/nope/model"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "nope/model" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,120 @@
+"""Pair files: reading, ids, validation errors that name the file, row and fix; the bundled STS-B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.data import DataError, LengthGroupedSampler, PairCollator, make_pair_id, read_pairs, read_texts
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_bundled_stsb_splits_and_labels():
+    """STS-B is parsed by tabs (quotes are literal, some lines have extra fields): all rows, labels 0-5."""
+    sizes = {}
+    for split in ("train", "dev", "test"):
+        rows, label_range = read_pairs(f"stsb/{split}")
+        sizes[split] = len(rows)
+        assert label_range == (0.0, 5.0)
+        assert 0.0 <= min(rows["gold"]) and max(rows["gold"]) <= 1.0
+    assert sizes == {"train": 5749, "dev": 1500, "test": 1379}
+    first = read_pairs("stsb/train")[0][0]
+    assert first["text_a"] == "A plane is taking off." and first["label"] == 5.0 and first["gold"] == 1.0
+
+
+def test_pair_id_is_stable_and_order_sensitive():
+    """score(a, b) != score(b, a) for a cross-encoder, so swapped texts get another id; whitespace does not."""
+    assert make_pair_id("A cat.", "A dog.") != make_pair_id("A dog.", "A cat.")
+    assert make_pair_id("A  cat. ", "A dog.") == make_pair_id("A cat.", "A dog.")
+    assert len(make_pair_id("x", "y")) == 20
+
+
+def test_formats_and_column_names(tmp_path):
+    """TSV, JSONL and Parquet with user column names and user ids read to the same rows."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"q": ["a b", "c d"], "d": ["e f", "g h"], "sim": [1.0, 4.0], "key": ["k1", "k2"]})
+    frame.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    frame.to_json(tmp_path / "p.jsonl", orient="records", lines=True)
+    frame.to_parquet(tmp_path / "p.parquet")
+    for name in ("p.tsv", "p.jsonl", "p.parquet"):
+        rows, _ = read_pairs(str(tmp_path / name), "q", "d", "sim", "key", (0, 5))
+        assert rows["pair_id"] == ["k1", "k2"] and rows["gold"] == pytest.approx([0.2, 0.8])
+
+
+BAD = {
+    "missing column": ("text_a,label\nx,1\n", "missing column(s) ['text_b']", "text_b_column"),
+    "nan score": ("text_a,text_b,label\nx,y,1\nx,z,nan\n", "row 2", "not finite"),
+    "non-numeric score": ("text_a,text_b,label\nx,y,high\n", "row 1", "not a number"),
+    "score outside range": ("text_a,text_b,label\nx,y,7\n", "row 1", "outside label_range [0.0, 5.0]"),
+    "empty text": ("text_a,text_b,label\nx,y,1\n ,y,2\n", "row 2", "empty 'text_a'"),
+    "no rows": ("text_a,text_b,label\n", "no rows", "non-empty"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_pair_files_name_file_row_and_fix(tmp_path, case):
+    """Each bad file fails with one line naming the file, the row (or column) and what to do."""
+    text, where, what = BAD[case]
+    path = write(tmp_path / "bad.csv", text)
+    with pytest.raises(DataError) as err:
+        read_pairs(path, label_range=(0.0, 5.0))
+    message = str(err.value)
+    assert "\n" not in message and path in message and where in message and what in message
+
+
+def test_duplicate_pair_id_with_other_texts(tmp_path):
+    path = write(tmp_path / "dup.csv", "id,text_a,text_b,label\np1,x,y,1\np2,u,v,2\np1,x,z,3\n")
+    with pytest.raises(DataError, match=r"row 3: pair_id 'p1' already names row 1"):
+        read_pairs(path, id_column="id", label_range=(0, 5))
+    same = write(tmp_path / "same.csv", "id,text_a,text_b,label\np1,x,y,1\np1,x,y,1\n")
+    assert len(read_pairs(same, id_column="id", label_range=(0, 5))[0]) == 2
+
+
+def test_labels_need_a_declared_range(tmp_path):
+    path = write(tmp_path / "p.csv", "text_a,text_b,label\nx,y,1\n")
+    with pytest.raises(DataError, match="label_range"):
+        read_pairs(path)
+
+
+def test_unknown_format_and_missing_file(tmp_path):
+    with pytest.raises(DataError, match="unknown file type '.txt'"):
+        read_pairs(write(tmp_path / "p.txt", "x"))
+    with pytest.raises(DataError, match="no such file"):
+        read_pairs(str(tmp_path / "absent.csv"))
+    with pytest.raises(DataError, match="cannot be read as jsonl"):
+        read_pairs(write(tmp_path / "p.jsonl", "{not json\n"))
+
+
+def test_texts_for_predict(tmp_path):
+    rows = read_texts(write(tmp_path / "t.jsonl", "\n".join(json.dumps({"id": i, "text": t})
+                                                           for i, t in enumerate(["a", "b"]))))
+    assert rows["pair_id"] == ["0", "1"] and rows["text_a"] == ["a", "b"]
+
+
+def test_collator_pads_per_batch_to_one_width():
+    """Padding is to the batch's longest sequence, shared by both sides (one forward pass)."""
+    rows = [{"pair_id": "1", "a_input_ids": [1, 2, 3], "a_attention_mask": [1, 1, 1], "b_input_ids": [4],
+             "b_attention_mask": [1], "gold": 0.5},
+            {"pair_id": "2", "a_input_ids": [5], "a_attention_mask": [1], "b_input_ids": [6, 7],
+             "b_attention_mask": [1, 1], "gold": 1.0}]
+    batch = PairCollator(pad_token_id=0)(rows)
+    assert batch["a_input_ids"].tolist() == [[1, 2, 3], [5, 0, 0]]
+    assert batch["b_attention_mask"].tolist() == [[1, 0, 0], [1, 1, 0]]
+    assert batch["gold"].dtype == torch.float32
+
+
+def test_length_grouped_sampler_is_a_permutation_with_alike_neighbours():
+    lengths = [i % 50 for i in range(1000)]
+    sampler = LengthGroupedSampler(lengths, window=100, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and list(sampler) != order  # a new order each epoch
+    window = [lengths[i] for i in order[:100]]
+    assert window == sorted(window)

@@ -1,0 +1,176 @@
+"""The pipeline through the CLI on tiny models: teacher fit/test/predict, cache, student fit/test/predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import pyarrow.parquet as pq
+import pytest
+
+from distill import cache as cache_mod
+from distill.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def teacher_args(tiny: str, pairs: dict[str, str], out: Path) -> list[str]:
+    return ["--config", str(ROOT / "configs/teacher/quickstart.yaml"), f"--model.init_args.backbone={tiny}",
+            f"--data.init_args.train={pairs['train']}", f"--data.init_args.val={pairs['dev']}",
+            f"--data.init_args.test={pairs['test']}", "--data.init_args.label_range=[0, 5]",
+            f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *QUIET]
+
+
+def student_args(tiny: str, pairs: dict[str, str], out: Path, cache_dir: Path | None) -> list[str]:
+    args = ["--config", str(ROOT / "configs/student/quickstart.yaml"),
+            f"--model.init_args.student.init_args.backbone={tiny}",
+            f"--data.init_args.train={pairs['train']}", f"--data.init_args.val={pairs['dev']}",
+            f"--data.init_args.test={pairs['test']}", "--data.init_args.label_range=[0, 5]",
+            f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *QUIET]
+    return [*args, f"--data.init_args.cache_dir={cache_dir}"] if cache_dir else [*args, "--data.init_args.cache_dir=null"]
+
+
+def cache_args(tiny: str, pairs: dict[str, str], ckpt: str, out: Path) -> list[str]:
+    return ["cache", "--config", str(ROOT / "configs/cache/quickstart.yaml"), f"--teacher.init_args.backbone={tiny}",
+            f"--data.init_args.train={pairs['train']}", "--data.init_args.label_range=[0, 5]",
+            "--ckpt_path", ckpt, "--out", str(out), "--shard_size", "32", "--accelerator", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tiny_backbone: str, pair_files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("teacher")
+    with mock.patch("sys.argv", ["distill"]):
+        cli = run(["fit", *teacher_args(tiny_backbone, pair_files, out), "--trainer.max_epochs=2"])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert Path(best).is_file() and "val/spearman" in cli.trainer.callback_metrics
+    return best
+
+
+@pytest.fixture(scope="module")
+def score_cache(tiny_backbone, pair_files, teacher_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "train"
+    with mock.patch("sys.argv", ["distill"]):
+        run(cache_args(tiny_backbone, pair_files, teacher_ckpt, out))
+    return out
+
+
+def test_teacher_test_logs_spearman(tiny_backbone, pair_files, teacher_ckpt, tmp_path):
+    """`distill test` on the selected checkpoint reports test/spearman in [-1, 1]."""
+    with mock.patch("sys.argv", ["distill"]):
+        cli = run(["test", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", teacher_ckpt])
+    assert -1 <= float(cli.trainer.callback_metrics["test/spearman"]) <= 1
+
+
+def test_teacher_predict_writes_scores(tiny_backbone, pair_files, teacher_ckpt, tmp_path):
+    """Teacher predictions land in Parquet with one score per pair, in file order."""
+    out = tmp_path / "scores.parquet"
+    with mock.patch("sys.argv", ["distill"]):
+        run(["predict", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", teacher_ckpt,
+             f"--data.init_args.predict={pair_files['test']}", "--predictions", str(out)])
+    table = pq.read_table(out)
+    assert table.num_rows == 48 and set(table.column_names) == {"pair_id", "score"}
+
+
+def test_cache_round_trip(score_cache: Path, pair_files):
+    """The manifest lists every shard with rows and sha256, and reading applies the sigmoid transform."""
+    manifest = json.loads((score_cache / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["format"] == 1
+    assert [s["rows"] for s in manifest["shards"]] == [32, 32, 32]
+    assert manifest["teacher"]["score_transform"] == "sigmoid" and manifest["data"]["n_pairs"] == 96
+    assert manifest["data"]["label_range"] == [0.0, 5.0]
+    scores = cache_mod.ScoreCache(score_cache).scores()
+    raw = pq.read_table(score_cache / manifest["shards"][0]["file"]).to_pylist()
+    assert len(scores) == 96
+    expected = 1 / (1 + __import__("math").exp(-raw[0]["score"]))
+    assert scores[raw[0]["pair_id"]] == pytest.approx(expected, abs=1e-6)
+
+
+def test_cache_resume_recomputes_only_bad_shards(tiny_backbone, pair_files, teacher_ckpt, score_cache, tmp_path):
+    """A rerun keeps verified shards and recomputes a deleted and a truncated one, with equal scores."""
+    out = tmp_path / "c"
+    shutil.copytree(score_cache, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    first, second, third = (out / s["file"] for s in manifest["shards"])
+    before = pq.read_table(second).to_pylist()
+    kept_mtime = first.stat().st_mtime_ns
+    second.unlink()
+    third.write_bytes(third.read_bytes()[:50])  # truncated: must not be read as a shard
+    with mock.patch("sys.argv", ["distill"]):
+        run(cache_args(tiny_backbone, pair_files, teacher_ckpt, out))
+    assert first.stat().st_mtime_ns == kept_mtime
+    after = pq.read_table(second).to_pylist()
+    assert [r["pair_id"] for r in after] == [r["pair_id"] for r in before]
+    assert [r["score"] for r in after] == pytest.approx([r["score"] for r in before], abs=1e-5)
+    assert len(cache_mod.ScoreCache(out).scores()) == 96
+
+
+def test_cache_refuses_other_data(tiny_backbone, pair_files, teacher_ckpt, score_cache, tmp_path):
+    """A cache made for other data is refused, naming the differing field."""
+    out = tmp_path / "c"
+    shutil.copytree(score_cache, out)
+    args = cache_args(tiny_backbone, {**pair_files, "train": pair_files["dev"]}, teacher_ckpt, out)
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(cache_mod.CacheError, match="data.fingerprint"):
+        run(args)
+
+
+def test_cache_refuses_other_teacher(tiny_backbone, pair_files, teacher_ckpt, score_cache, tmp_path):
+    """A cache made by another teacher checkpoint is refused, naming teacher.checkpoint_sha256."""
+    out = tmp_path / "c"
+    shutil.copytree(score_cache, out)
+    other = tmp_path / "other.ckpt"
+    import torch
+
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    ckpt["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, other)
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(cache_mod.CacheError, match="teacher.checkpoint_sha256"):
+        run(cache_args(tiny_backbone, pair_files, str(other), out))
+
+
+def test_cache_rejects_a_file_that_is_not_a_checkpoint(tiny_backbone, pair_files, tmp_path):
+    bad = tmp_path / "model.ckpt"
+    bad.write_text("not a checkpoint")
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(cache_mod.CacheError, match="not a Lightning checkpoint"):
+        run(cache_args(tiny_backbone, pair_files, str(bad), tmp_path / "c"))
+
+
+def test_student_distils_tests_and_predicts(tiny_backbone, pair_files, score_cache, teacher_ckpt, tmp_path):
+    """Fit a DSE student on cached scores, test it (both modes logged), embed texts to Parquet,
+    and refuse a student checkpoint given to `distill cache` as a teacher's."""
+    with mock.patch("sys.argv", ["distill"]):
+        cli = run(["fit", *student_args(tiny_backbone, pair_files, tmp_path, score_cache), "--trainer.max_epochs=1"])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    logged = cli.trainer.logged_metrics
+    assert {"train/teacher_mse", "train/gold_mse", "val/spearman_cosine", "val/spearman_dse"} <= set(logged)
+    with mock.patch("sys.argv", ["distill"]):
+        tested = run(["test", *student_args(tiny_backbone, pair_files, tmp_path, score_cache), "--ckpt_path", ckpt])
+    metrics = tested.trainer.callback_metrics
+    assert {"test/spearman", "test/spearman_cosine", "test/spearman_dse"} <= set(metrics)
+    texts = tmp_path / "texts.csv"
+    texts.write_text("id,text\n1,a man plays guitar.\n2,the cat sits on the mat.\n")
+    out = tmp_path / "emb.parquet"
+    with mock.patch("sys.argv", ["distill"]):
+        run(["predict", *student_args(tiny_backbone, pair_files, tmp_path, score_cache), "--ckpt_path", ckpt,
+             f"--data.init_args.predict={texts}", "--predictions", str(out)])
+    table = pq.read_table(out).to_pydict()
+    assert table["id"] == ["1", "2"] and len(table["embedding"][0]) == 32
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(cache_mod.CacheError, match="do not fit CrossEncoder"):
+        run(cache_args(tiny_backbone, pair_files, ckpt, tmp_path / "c"))
+
+
+def test_teacher_objective_without_cache_names_the_fix(tiny_backbone, pair_files, tmp_path):
+    """An objective that needs teacher scores, with no cache configured, says which key to set."""
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(ValueError, match="data.init_args.cache_dir"):
+        run(["fit", *student_args(tiny_backbone, pair_files, tmp_path, None), "--trainer.max_epochs=1"])
+
+
+def test_gold_only_control_needs_no_cache(tiny_backbone, pair_files, tmp_path):
+    """Teacher weight 0 switches the teacher term off entirely (the quickstart's control)."""
+    with mock.patch("sys.argv", ["distill"]):
+        cli = run(["fit", *student_args(tiny_backbone, pair_files, tmp_path, None), "--trainer.max_steps=2",
+                   "--model.init_args.objectives.teacher_mse.init_args.weight=0",
+                   "--model.init_args.objectives.gold_mse.init_args.weight=1"])
+    assert "train/teacher_mse" not in cli.trainer.logged_metrics and "train/gold_mse" in cli.trainer.logged_metrics
