@@ -27,7 +27,7 @@ from datasets import Dataset
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
-from distill.data import DataError, PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize
+from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

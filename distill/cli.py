@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import jsonargparse
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> Any:
     """Run a verb; returns the LightningCLI (Trainer verbs) or the tool's result, for programmatic use."""
+    # STS evaluation sets are small: torchmetrics' buffer warning does not apply; the LeafSpec deprecation is
+    # Lightning's own (pytorch_lightning/utilities/_pytree.py) against torch 2.13
+    warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     given = sys.argv[1:] if argv is None else argv
     if not given or given[0] in ("-h", "--help"):
         print(_help())

@@ -23,7 +23,8 @@ class DistillModule(pl.LightningModule):
     Args:
         student: the bi-encoder being trained (`students.BiEncoder`).
         objectives: name -> objective (`distill.losses`); default: gold-label regression only.
-        lr: peak learning rate.
+        lr: peak learning rate of the encoder.
+        head_lr: peak learning rate of the DSE head (randomly initialised, so it needs a larger one).
         weight_decay: AdamW weight decay (not on biases and norms).
         warmup_ratio: share of optimiser steps spent warming up, then linear decay to 0.
     """
@@ -33,6 +34,7 @@ class DistillModule(pl.LightningModule):
         student: BiEncoder,
         objectives: dict[str, nn.Module] | None = None,
         lr: float = 2e-5,
+        head_lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
     ) -> None:
@@ -77,7 +79,8 @@ class DistillModule(pl.LightningModule):
         if key not in batch:
             fix = ("set data.init_args.cache_dir to a score cache (run `distill cache` first)" if key == "score"
                    else "the training data has no label column (data.init_args.label_column)")
-            raise ValueError(f"objective {name!r} needs {'teacher scores' if key == 'score' else 'gold labels'}: {fix}, "
+            what = "teacher scores" if key == "score" else "gold labels"
+            raise ValueError(f"objective {name!r} needs {what}: {fix}, "
                              f"or set model.init_args.objectives.{name}.init_args.weight=0")
         return batch[key]
 
@@ -113,7 +116,7 @@ class DistillModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup_ratio)
+        return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup_ratio, {"student.head.": hp.head_lr})
 
 
 def _under_cli(module: pl.LightningModule) -> bool:

@@ -37,30 +37,31 @@ def _alpha_args(alpha: float) -> list[str]:
 
 def main(
     smoke: bool = False,
-    out: str = "runs/quickstart",
+    out: str | None = None,
     teacher_weights: list[float] | None = None,
     teacher_epochs: int | None = None,
     student_epochs: int | None = None,
-    precision: str = "bf16-mixed",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline on bundled data (teacher, cache, students, report).
 
     Args:
         smoke: the same code path shrunk (200 pairs, 1 epoch, small eval splits), about 2 minutes.
-        out: the experiment folder (`report.json`, `report.md`, checkpoints, cache).
+        out: the experiment folder (`report.json`, `report.md`, checkpoints, cache); default
+            `runs/quickstart` (`runs/quickstart-smoke` with --smoke).
         teacher_weights: candidate teacher weights alpha > 0 (gold weight 1 - alpha), chosen on dev.
         teacher_epochs: override the teacher config's epochs.
         student_epochs: override the student config's epochs.
-        precision: Lightning precision for training (`bf16-mixed` uses the CPU's bf16 units; `32-true`).
+        precision: override the configs' training precision (they use `bf16-mixed`; `32-true` for fp32).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is offline; never reach for a hub
     start = time.perf_counter()
-    root = Path(out)
+    root = Path(out or ("runs/quickstart-smoke" if smoke else "runs/quickstart"))
     weights = teacher_weights or ([0.5] if smoke else [0.5, 1.0])
     if any(w <= 0 or w > 1 for w in weights):
         raise ValueError(f"teacher_weights {weights}: each must be in (0, 1]; 0 is the gold-only control")
     shrink = ["--data.init_args.max_pairs=200"] if smoke else []
-    common = [*shrink, f"--trainer.precision={precision}"]
+    common = [*shrink, *([f"--trainer.precision={precision}"] if precision else [])]
     teacher_cfg, student_cfg = str(CONFIGS / "teacher/quickstart.yaml"), str(CONFIGS / "student/quickstart.yaml")
     stages: dict[str, float] = {}
     report: dict[str, Any] = {"teacher": {}, "student": {}, "smoke": smoke}
@@ -92,7 +93,7 @@ def main(
     # 2. teacher scores for the training pairs
     cache_dir = root / "cache" / "train"
     _cli(["cache", "--config", str(CONFIGS / "cache/quickstart.yaml"), "--ckpt_path", teacher_ckpt,
-          "--out", str(cache_dir), *shrink])
+          "--out", str(cache_dir), "--overwrite", "true", *shrink])  # the quickstart owns its folder
     student_data = [f"--data.init_args.cache_dir={cache_dir}"]
     stage("cache")
 
@@ -128,7 +129,7 @@ def main(
     report["stages"] = stages
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
     report["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "torch": torch.__version__, "precision": precision}
+                         "torch": torch.__version__}
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.json").write_text(json.dumps(report, indent=2))
     (root / "report.md").write_text(render_markdown(report))

@@ -14,16 +14,22 @@ from transformers import AutoModelForSequenceClassification, get_linear_schedule
 from distill.backbones import load_backbone
 
 
-def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float, warmup_ratio: float) -> dict:
+def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float, warmup_ratio: float,
+                      lr_by_prefix: dict[str, float] | None = None) -> dict:
     """AdamW with linear warm-up and linear decay, stepped per optimiser step.
 
     Not LightningCLI's `lr_scheduler`: that steps per epoch and cannot know the total number of steps,
     which the trainer only knows once the data is attached (`estimated_stepping_batches`).
+    `lr_by_prefix` gives parameters whose name starts with a prefix their own peak learning rate.
     """
-    no_decay = [p for n, p in module.named_parameters() if p.ndim < 2]  # biases and LayerNorm weights
-    decay = [p for n, p in module.named_parameters() if p.ndim >= 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        group_lr = next((v for k, v in (lr_by_prefix or {}).items() if name.startswith(k)), lr)
+        decay = weight_decay if p.ndim >= 2 else 0.0  # no decay on biases and LayerNorm weights
+        groups.setdefault((group_lr, decay), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()])
     total = int(module.trainer.estimated_stepping_batches)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -64,7 +70,8 @@ class CrossEncoder(pl.LightningModule):
         make = (lambda: SpearmanCorrCoef()) if self.regression else (  # noqa: E731
             lambda: Accuracy(task="multiclass", num_classes=num_labels))
         name = "spearman" if self.regression else "accuracy"
-        self.metrics = torch.nn.ModuleDict({s: MetricCollection({name: make()}, prefix=f"{s}/") for s in ("val", "test")})
+        self.metrics = torch.nn.ModuleDict(
+            {s: MetricCollection({name: make()}, prefix=f"{s}/") for s in ("val", "test")})
 
     @property
     def score_transform(self) -> str:

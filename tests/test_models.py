@@ -89,7 +89,8 @@ def test_distill_module_learns_from_teacher_scores(student):
     b = tok(["a man plays piano.", "a car is red.", "a dog walks."], padding=True, return_tensors="pt")
     width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-    batch = {"pair_id": ["1", "2", "3"], "a_input_ids": pad(a["input_ids"]), "a_attention_mask": pad(a["attention_mask"]),
+    batch = {"pair_id": ["1", "2", "3"],
+             "a_input_ids": pad(a["input_ids"]), "a_attention_mask": pad(a["attention_mask"]),
              "b_input_ids": pad(b["input_ids"]), "b_attention_mask": pad(b["attention_mask"]),
              "score": torch.tensor([0.9, 0.1, 0.8])}
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
@@ -123,6 +124,7 @@ def test_classification_teacher_trains_on_tiny_data(tiny_backbone):
                                            return_tensors="pt")
     batch = {**enc, "pair_id": ["1", "2"], "label": torch.tensor([0.0, 2.0])}
     teacher.log = lambda *args, **kwargs: None
+    teacher.eval()  # dropout off, so two forward passes agree
     logits = teacher(batch)
     assert logits.shape == (2, 3)
     loss = teacher.training_step(batch, 0)

@@ -30,7 +30,7 @@ def student_args(tiny: str, pairs: dict[str, str], out: Path, cache_dir: Path | 
             f"--data.init_args.train={pairs['train']}", f"--data.init_args.val={pairs['dev']}",
             f"--data.init_args.test={pairs['test']}", "--data.init_args.label_range=[0, 5]",
             f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *QUIET]
-    return [*args, f"--data.init_args.cache_dir={cache_dir}"] if cache_dir else [*args, "--data.init_args.cache_dir=null"]
+    return [*args, f"--data.init_args.cache_dir={cache_dir or 'null'}"]
 
 
 def cache_args(tiny: str, pairs: dict[str, str], ckpt: str, out: Path) -> list[str]:
@@ -174,3 +174,30 @@ def test_gold_only_control_needs_no_cache(tiny_backbone, pair_files, tmp_path):
                    "--model.init_args.objectives.teacher_mse.init_args.weight=0",
                    "--model.init_args.objectives.gold_mse.init_args.weight=1"])
     assert "train/teacher_mse" not in cli.trainer.logged_metrics and "train/gold_mse" in cli.trainer.logged_metrics
+
+
+def test_cache_under_two_process_ddp_matches_one_process(tiny_backbone, pair_files, teacher_ckpt, score_cache,
+                                                          tmp_path):
+    """`distill cache` shards across 2 DDP ranks (gloo): every pair exactly once, scores equal to 1 process."""
+    out = tmp_path / "ddp"
+    with mock.patch("sys.argv", ["distill"]):
+        run([*cache_args(tiny_backbone, pair_files, teacher_ckpt, out), "--devices", "2", "--strategy", "ddp_spawn"])
+    one, two = cache_mod.ScoreCache(score_cache).scores(), cache_mod.ScoreCache(out).scores()
+    assert one.keys() == two.keys() and len(two) == 96
+    assert [two[k] for k in one] == pytest.approx([one[k] for k in one], abs=1e-5)
+
+
+def test_student_refuses_a_cache_for_other_data(tiny_backbone, pair_files, score_cache, tmp_path):
+    """Training pairs without a cached teacher score stop the fit, naming the cache and the fix."""
+    other = {**pair_files, "train": pair_files["test"]}
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(cache_mod.CacheError, match="have no teacher score"):
+        run(["fit", *student_args(tiny_backbone, other, tmp_path, score_cache), "--trainer.max_steps=1"])
+
+
+def test_incomplete_cache_is_refused(score_cache, tmp_path):
+    out = tmp_path / "c"
+    shutil.copytree(score_cache, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(cache_mod.CacheError, match="incomplete"):
+        cache_mod.ScoreCache(out)
