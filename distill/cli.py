@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
@@ -32,6 +33,16 @@ class DistillCLI(LightningCLI):
         path = self.config.get("predict", {}).get("predictions")
         if path:
             self.trainer.callbacks.append(predict.ParquetWriter(path))
+
+
+def _bare_flags(tool: Any, args: list[str]) -> list[str]:
+    """`--smoke` alone means `--smoke=true` for a tool's bool parameters (jsonargparse wants a value)."""
+    flags = {f"--{name}" for name, p in inspect.signature(tool).parameters.items() if p.annotation in (bool, "bool")}
+    out = []
+    for i, arg in enumerate(args):
+        following = args[i + 1].lower() if i + 1 < len(args) else ""
+        out.append(f"{arg}=true" if arg in flags and following not in ("true", "false") else arg)
+    return out
 
 
 def _cause(message: str) -> str:
@@ -77,7 +88,7 @@ def run(argv: list[str] | None = None) -> Any:
         return None
     if given[0] in TOOLS:
         tool = TOOLS[given[0]]
-        return jsonargparse.CLI(tool, args=given[1:], as_positional=False)
+        return jsonargparse.CLI(tool, args=_bare_flags(tool, given[1:]), as_positional=False)
     # args=None reads sys.argv; passing both makes LightningCLI warn
     return DistillCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                       args=argv, save_config_kwargs={"overwrite": True})

@@ -314,13 +314,14 @@ class PairDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.label_ranges: dict[str, tuple[float, float] | None] = {}
 
-    def rows(self, split: str) -> Dataset:
-        """Validated, untokenised rows of a split (`train`, `val`, `test`, `predict`)."""
+    def rows(self, split: str, texts: bool = False) -> Dataset:
+        """Validated, untokenised rows of a split (`train`, `val`, `test`, `predict`); `texts` reads single
+        texts (a student's predict input) instead of pairs."""
         source = self.sources[split]
         if source is None:
             raise DataError(f"no {split} data configured: set data.init_args.{split}")
         hp = self.hparams
-        if split == "predict" and not self._tokenization()["joint"]:
+        if texts:
             rows = read_texts(source, text_column=hp.text_a_column, id_column=hp.id_column)
         else:
             rows, label_range = read_pairs(source, hp.text_a_column, hp.text_b_column, hp.label_column,
@@ -338,8 +339,8 @@ class PairDataModule(pl.LightningDataModule):
 
     def build(self, split: str) -> Dataset:
         """Tokenised rows of a split, with teacher scores joined in for a student's train split."""
-        rows = self.rows(split)
         spec = self._tokenization()
+        rows = self.rows(split, texts=split == "predict" and not spec["joint"])
         rows = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
         if split == "train" and self.hparams.cache_dir is not None:
             from distill.cache import ScoreCache  # the cache module reads data; import here to avoid a cycle

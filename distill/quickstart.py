@@ -128,13 +128,22 @@ def main(
     stage("student_test")
     report["stages"] = stages
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
-    report["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "torch": torch.__version__}
+    report["machine"] = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                         "date": time.strftime("%Y-%m-%d")}
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.json").write_text(json.dumps(report, indent=2))
     (root / "report.md").write_text(render_markdown(report))
     print((root / "report.md").read_text())
     return report
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _selected_mode(ckpt: str) -> str:
