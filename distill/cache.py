@@ -15,18 +15,18 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
-import torch
 import torch.distributed as dist
 from datasets import Dataset
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
+from distill.checkpoints import check_fits, read_checkpoint
 from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize
 
 FORMAT_VERSION = 1
@@ -77,10 +77,7 @@ class ScoreCache:
         if not path.is_file():
             raise CacheError(f"{self.directory} is not a score cache (no {MANIFEST}); run `distill cache` first or "
                              f"fix data.init_args.cache_dir")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != FORMAT_VERSION:
-            raise CacheError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT_VERSION}; "
-                             f"re-run `distill cache`")
+        self.manifest = read_manifest(path)
         if not self.manifest.get("complete"):
             raise CacheError(f"{path}: the cache is incomplete (interrupted run); re-run `distill cache` to finish it")
 
@@ -184,22 +181,28 @@ def _shard_ok(path: Path, pair_ids: list[str], sha256: str | None) -> bool:
 
 def load_teacher_checkpoint(teacher: pl.LightningModule, ckpt_path: str) -> None:
     """Load a Lightning checkpoint's weights into `teacher`; a wrong file or kind is a one-line error."""
+    ckpt = read_checkpoint(ckpt_path)
+    given = {k: ckpt.get("hyper_parameters", {}).get(k) for k in ("backbone", "num_labels", "max_length")}
+    differing = [f"{k}={v!r} (config: {teacher.hparams.get(k)!r})" for k, v in given.items()
+                 if v is not None and v != teacher.hparams.get(k)]
+    if differing:
+        raise CacheError(f"{ckpt_path} was trained with {', '.join(differing)}; set teacher.init_args to match")
+    check_fits(teacher, ckpt["state_dict"], ckpt_path)
+    teacher.load_state_dict(ckpt["state_dict"])
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, or a one-line error for a corrupt or foreign one."""
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        state = ckpt["state_dict"]
-    except FileNotFoundError:
-        raise CacheError(f"{ckpt_path}: no such checkpoint; pass the teacher's .ckpt (e.g. from `distill fit`)") \
-            from None
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
-        raise CacheError(f"{ckpt_path}: not a Lightning checkpoint ({type(err).__name__}); pass the .ckpt that "
-                         f"`distill fit` wrote for the teacher") from None
-    result = teacher.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CacheError(
-            f"{ckpt_path}: its weights do not fit {type(teacher).__name__}({teacher.hparams.get('backbone')}) "
-            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys, e.g. "
-            f"{(result.missing_keys or result.unexpected_keys)[0]!r}); pass a checkpoint of this teacher"
-        )
+        manifest = json.loads(path.read_text())
+        manifest["teacher"], manifest["data"]  # noqa: B018 - the keys every reader needs
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CacheError(f"{path}: not a readable score-cache manifest ({type(err).__name__}); delete the "
+                         f"cache directory or re-run `distill cache` with --overwrite") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise CacheError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT_VERSION}; "
+                         f"re-run `distill cache` with --overwrite")
+    return manifest
 
 
 def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str, Any]:
@@ -214,6 +217,7 @@ def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str
         "head": "regression" if teacher.hparams.get("num_labels", 1) == 1 else
                 f"classification-{teacher.hparams['num_labels']}",
         "score_transform": teacher.score_transform,
+        "max_length": teacher.hparams.get("max_length"),
     }
 
 
@@ -227,7 +231,7 @@ def main(
     data: PairDataModule,
     ckpt_path: str,
     out: str,
-    split: str = "train",
+    split: Literal["train", "val", "test", "predict"] = "train",
     shard_size: int = 2048,
     batch_size: int = 64,
     accelerator: str = "auto",
@@ -250,7 +254,8 @@ def main(
         devices: Lightning devices (several: shards are spread across DDP ranks).
         strategy: Lightning strategy (e.g. ddp).
         precision: Lightning precision (e.g. bf16-mixed).
-        overwrite: replace a cache made by another teacher or for other data instead of refusing.
+        overwrite: delete whatever the directory holds (e.g. a cache made by another teacher or for other
+            data) and score everything anew, instead of refusing.
     """
     directory = Path(out)
     load_teacher_checkpoint(teacher, ckpt_path)
@@ -262,17 +267,18 @@ def main(
                  "n_pairs": len(rows), "label_range": list(data.label_ranges.get(split) or []) or None},
     }
     manifest_path = directory / MANIFEST
-    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    old = read_manifest(manifest_path) if manifest_path.is_file() and not overwrite else None
     if old is not None:
         diffs = _differing(old["teacher"], expected["teacher"], "teacher") + _differing(
             old["data"], expected["data"], "data")
-        if diffs and not overwrite:
+        if diffs:
             raise CacheError(f"{directory} holds a cache made differently: {'; '.join(diffs)}. Use another --out, "
                              f"or --overwrite to replace it")
-        if diffs:
-            print(f"WARNING: --overwrite replaces the cache in {directory} ({'; '.join(diffs)})")
-            shutil.rmtree(directory)
-            old = None
+    # DDP workers started by Lightning's launcher rerun this function later: only the first process deletes
+    first_process = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if overwrite and directory.exists() and first_process:
+        print(f"WARNING: --overwrite: replacing everything in {directory}")
+        shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     n = len(rows)
     shards = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
@@ -283,8 +289,9 @@ def main(
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
                          logger=False, use_distributed_sampler=False, enable_checkpointing=False,
                          callbacks=[ShardWriter(directory, shards, pair_ids)])
-    if trainer.is_global_zero and old is None:
-        _write_json_atomic(manifest_path, {**expected, "shards": [], "complete": False})
+    if trainer.is_global_zero and (old is None or todo):
+        # not complete while shards are (re)computed; the verified ones stay listed so a rerun can skip them
+        _write_json_atomic(manifest_path, {**expected, "shards": (old or {}).get("shards", []), "complete": False})
     if todo:
         spec = teacher.tokenization()
         tokenised = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")

@@ -6,6 +6,7 @@ import inspect
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import jsonargparse
@@ -13,6 +14,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
 from distill import cache, predict, quickstart
+from distill.checkpoints import CheckpointError, check_fits, read_checkpoint
 
 TOOLS = {"cache": cache.main, "quickstart": quickstart.main}
 TRAINER_VERBS = {
@@ -29,8 +31,30 @@ class DistillCLI(LightningCLI):
         parser.add_argument("--predictions", type=str | None, default=None,
                             help="predict only: Parquet file to write the predictions to")
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI (2.6) unpickles --ckpt_path here and lets the checkpoint's hyperparameters replace the
+        # configured model; refuse a file that is not a checkpoint, or one of another model class, first
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            saved = read_checkpoint(path).get("hyper_parameters", {}).get("_class_path")
+            configured = (self.config[subcommand].get("model") or {}).get("class_path")
+            if saved and configured and saved != configured:
+                raise CheckpointError(f"{path} is a checkpoint of {saved}, but the config's model is {configured}; "
+                                      f"pass a checkpoint made with this config")
+        super()._parse_ckpt_path()
+
+    def _check_checkpoint(self) -> None:
+        # Lightning would fail deep inside with an unpickling error or a strict load_state_dict traceback
+        path = self.config[self.subcommand].get("ckpt_path")
+        if path and path not in ("last", "best", "hpc", "registry"):
+            check_fits(self.model, read_checkpoint(path)["state_dict"], path)
+
+    before_fit = before_validate = before_test = _check_checkpoint
+
     def before_predict(self) -> None:
-        path = self.config.get("predict", {}).get("predictions")
+        self._check_checkpoint()
+        path = self.config["predict"].get("predictions")
         if path:
             self.trainer.callbacks.append(predict.ParquetWriter(path))
 

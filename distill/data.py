@@ -107,8 +107,8 @@ def read_pairs(
         path = Path(source)
         frame = _read_table(path, None)
         columns = {"text_a": text_a_column, "text_b": text_b_column}
-        if label_column and label_column in frame.columns:
-            columns["label"] = label_column
+        if label_column and (label_column in frame.columns or label_column != "label"):
+            columns["label"] = label_column  # a named label column must exist; the default may be absent
         if id_column:
             columns["pair_id"] = id_column
     missing = [c for c in columns.values() if c not in frame.columns]
@@ -117,6 +117,9 @@ def read_pairs(
             f"{path}: missing column(s) {missing}; the file has {list(frame.columns)}. "
             f"Set data.init_args.text_a_column / text_b_column / label_column / id_column to match"
         )
+    if label_range is not None and not label_range[0] < label_range[1]:
+        raise DataError(f"label_range {list(label_range)} is empty or reversed; set data.init_args.label_range to "
+                        f"[low, high] with low < high")
     if len(frame) == 0:
         raise DataError(f"{path}: no rows; point the config at a non-empty file")
     out: dict[str, list[Any]] = {}
@@ -124,7 +127,8 @@ def read_pairs(
         texts = frame[columns[key]].tolist()
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
-                raise DataError(f"{path}, row {i + 1}: empty {columns[key]!r} text; remove the row or fill it")
+                what = "empty" if isinstance(t, str) or t is None else f"non-text ({type(t).__name__})"
+                raise DataError(f"{path}, row {i + 1}: {what} {columns[key]!r} text; remove the row or fill it")
         out[key] = texts
     if "label" in columns:
         out["label"] = _labels(frame[columns["label"]].tolist(), path, columns["label"], label_range)
@@ -188,12 +192,12 @@ def read_texts(source: str, text_column: str = "text", id_column: str | None = N
 
 
 def fingerprint(rows: Dataset) -> str:
-    """Content hash of pair rows (ids, and labels where present): names the data in the score cache."""
+    """Content hash of pair rows (ids, texts and labels where present): names the data in the score cache,
+    so edited texts under kept user ids still count as other data."""
     h = hashlib.sha256()
-    for pid in rows["pair_id"]:
-        h.update(pid.encode() + b"\n")
-    if "label" in rows.column_names:
-        h.update(repr(rows["label"]).encode())
+    columns = [c for c in ("pair_id", "text_a", "text_b", "label") if c in rows.column_names]
+    for row in zip(*(rows[c] for c in columns)):
+        h.update("\x1f".join(map(str, row)).encode("utf-8") + b"\n")
     return h.hexdigest()
 
 

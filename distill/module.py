@@ -41,6 +41,9 @@ class DistillModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["student", "objectives"] if not _under_cli(self) else None)
         self.student = student
+        if objectives is not None and not objectives:
+            raise ValueError("model.init_args.objectives is empty; name at least one objective, or leave it unset "
+                             "for gold-label regression")
         self.objectives = nn.ModuleDict(objectives or {"gold_mse": ScoreRegression(target="gold")})
         if all(o.weight == 0 for o in self.objectives.values()):
             raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
@@ -80,15 +83,16 @@ class DistillModule(pl.LightningModule):
             fix = ("set data.init_args.cache_dir to a score cache (run `distill cache` first)" if key == "score"
                    else "the training data has no label column (data.init_args.label_column)")
             what = "teacher scores" if key == "score" else "gold labels"
-            raise ValueError(f"objective {name!r} needs {what}: {fix}, "
-                             f"or set model.init_args.objectives.{name}.init_args.weight=0")
+            is_objective = name not in ("validation", "test")
+            hint = f", or set model.init_args.objectives.{name}.init_args.weight=0" if is_objective else ""
+            raise ValueError(f"{'objective ' if is_objective else ''}{name!r} needs {what}: {fix}{hint}")
         return batch[key]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_metrics.update(self._encode_pair(batch), batch["gold"])
+        self.val_metrics.update(self._encode_pair(batch), self._targets(batch, "gold", "validation"))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_metrics.update(self._encode_pair(batch), batch["gold"])
+        self.test_metrics.update(self._encode_pair(batch), self._targets(batch, "gold", "test"))
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()

@@ -61,7 +61,7 @@ def main(
     if any(w <= 0 or w > 1 for w in weights):
         raise ValueError(f"teacher_weights {weights}: each must be in (0, 1]; 0 is the gold-only control")
     shrink = ["--data.init_args.max_pairs=200"] if smoke else []
-    common = [*shrink, *([f"--trainer.precision={precision}"] if precision else [])]
+    common = [*shrink, *([f"--trainer.precision={precision}"] if precision else [])]  # fit and test
     teacher_cfg, student_cfg = str(CONFIGS / "teacher/quickstart.yaml"), str(CONFIGS / "student/quickstart.yaml")
     stages: dict[str, float] = {}
     report: dict[str, Any] = {"teacher": {}, "student": {}, "smoke": smoke}
@@ -80,7 +80,7 @@ def main(
         return cb.best_model_path, round(float(cb.best_model_score), 4)
 
     def test(config: str, ckpt: str | None, extra: list[str]) -> dict[str, float]:
-        args = ["test", "--config", config, "--trainer.logger=false", *shrink, *extra]
+        args = ["test", "--config", config, "--trainer.logger=false", *common, *extra]
         return _metrics(_cli([*args, "--ckpt_path", ckpt] if ckpt else args))
 
     # 1. teacher: fit on train, selected on dev
@@ -93,7 +93,8 @@ def main(
     # 2. teacher scores for the training pairs
     cache_dir = root / "cache" / "train"
     _cli(["cache", "--config", str(CONFIGS / "cache/quickstart.yaml"), "--ckpt_path", teacher_ckpt,
-          "--out", str(cache_dir), "--overwrite", "true", *shrink])  # the quickstart owns its folder
+          "--out", str(cache_dir), "--overwrite", "true", *shrink,  # the quickstart owns its folder
+          *(["--precision", precision] if precision else [])])
     student_data = [f"--data.init_args.cache_dir={cache_dir}"]
     stage("cache")
 
@@ -122,7 +123,7 @@ def main(
         test_spearman_dse=final.get("test/spearman_dse"),
         selected_mode=selected,
         teacher_weight=best,
-        dev_spearman_by_teacher_weight={str(a): runs[a]["dev_spearman"] for a in weights},
+        **{f"dev_spearman_teacher_weight_{a}": runs[a]["dev_spearman"] for a in weights},
         checkpoint=runs[best]["checkpoint"],
     )
     stage("student_test")
@@ -158,14 +159,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("student backbone, zero-shot (cosine)", "", s["zero_shot_test_spearman"], ""),
         ("gold-only control (teacher weight 0)", s["gold_only_dev_spearman"], s["gold_only_test_spearman"], ""),
         (f"distilled student (teacher weight {s['teacher_weight']}, {s['selected_mode']})",
-         s["dev_spearman_by_teacher_weight"][str(s["teacher_weight"])], s["test_spearman"], "selected on dev"),
+         s[f"dev_spearman_teacher_weight_{s['teacher_weight']}"], s["test_spearman"], "selected on dev"),
         ("  same student, cosine", "", s["test_spearman_cosine"], ""),
         ("  same student, DSE head", "", s["test_spearman_dse"], ""),
     ]
     lines = ["# distill quickstart" + (" (smoke)" if report["smoke"] else ""), "",
              "| model | dev Spearman | test Spearman | note |", "|---|---|---|---|"]
     lines += [f"| {name} | {dev} | {test} | {note} |" for name, dev, test, note in rows]
-    lines += ["", f"Teacher weights tried (dev Spearman): {s['dev_spearman_by_teacher_weight']}", "",
+    tried = {k.rsplit("_", 1)[1]: v for k, v in s.items() if k.startswith("dev_spearman_teacher_weight_")}
+    lines += ["", f"Teacher weights tried (dev Spearman): {tried}", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["stages"].items()]
     lines += [f"| **total** | {report['wall_time_s']} |", ""]

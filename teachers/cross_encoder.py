@@ -103,8 +103,8 @@ class CrossEncoder(pl.LightningModule):
     def _gold(self, batch: dict[str, Any]) -> Tensor:
         key = "gold" if self.regression else "label"
         if key not in batch:
-            raise ValueError("training a teacher needs gold labels: the data has no label column "
-                             "(set data.init_args.label_column)")
+            raise ValueError("a teacher's training and evaluation data need gold labels: this split has no label "
+                             "column (set data.init_args.label_column)")
         return batch[key] if self.regression else batch[key].long()
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:

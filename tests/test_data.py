@@ -71,6 +71,7 @@ def test_bad_pair_files_name_file_row_and_fix(tmp_path, case):
 
 
 def test_duplicate_pair_id_with_other_texts(tmp_path):
+    """Two rows sharing a user id but not their texts would share one teacher score in the cache."""
     path = write(tmp_path / "dup.csv", "id,text_a,text_b,label\np1,x,y,1\np2,u,v,2\np1,x,z,3\n")
     with pytest.raises(DataError, match=r"row 3: pair_id 'p1' already names row 1"):
         read_pairs(path, id_column="id", label_range=(0, 5))
@@ -79,12 +80,14 @@ def test_duplicate_pair_id_with_other_texts(tmp_path):
 
 
 def test_labels_need_a_declared_range(tmp_path):
+    """Without a range, labels cannot be mapped to [0, 1] and would train on the wrong scale."""
     path = write(tmp_path / "p.csv", "text_a,text_b,label\nx,y,1\n")
     with pytest.raises(DataError, match="label_range"):
         read_pairs(path)
 
 
 def test_unknown_format_and_missing_file(tmp_path):
+    """Unreadable inputs are named with the file, not a pandas traceback."""
     with pytest.raises(DataError, match="unknown file type '.txt'"):
         read_pairs(write(tmp_path / "p.txt", "x"))
     with pytest.raises(DataError, match="no such file"):
@@ -94,6 +97,7 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 
 def test_texts_for_predict(tmp_path):
+    """A student's predict input keeps the user's ids, so embeddings can be joined back."""
     rows = read_texts(write(tmp_path / "t.jsonl", "\n".join(json.dumps({"id": i, "text": t})
                                                            for i, t in enumerate(["a", "b"]))))
     assert rows["pair_id"] == ["0", "1"] and rows["text_a"] == ["a", "b"]
@@ -112,9 +116,36 @@ def test_collator_pads_per_batch_to_one_width():
 
 
 def test_length_grouped_sampler_is_a_permutation_with_alike_neighbours():
+    """Grouping must neither drop nor repeat rows, and must reshuffle every epoch."""
     lengths = [i % 50 for i in range(1000)]
     sampler = LengthGroupedSampler(lengths, window=100, seed=0)
     order = list(sampler)
     assert sorted(order) == list(range(1000)) and list(sampler) != order  # a new order each epoch
     window = [lengths[i] for i in order[:100]]
     assert window == sorted(window)
+
+
+def test_label_range_must_be_increasing(tmp_path):
+    """[3, 3] would divide by zero when mapping labels; [5, 0] would reject every row."""
+    path = write(tmp_path / "p.csv", "text_a,text_b,label\nx,y,1\n")
+    for bad in ((3.0, 3.0), (5.0, 0.0)):
+        with pytest.raises(DataError, match="empty or reversed"):
+            read_pairs(path, label_range=bad)
+
+
+def test_named_label_column_must_exist(tmp_path):
+    """A misspelt label column is an error, not a silently unlabelled file."""
+    path = write(tmp_path / "p.csv", "text_a,text_b,score\nx,y,1\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['scroe'\]"):
+        read_pairs(path, label_column="scroe", label_range=(0, 5))
+    assert "label" not in read_pairs(path)[0].column_names  # the default column may be absent
+
+
+def test_fingerprint_sees_edited_texts_under_kept_ids(tmp_path):
+    """User ids kept while a text changes must still give another data fingerprint (stale cache)."""
+    from distill.data import fingerprint
+
+    a = write(tmp_path / "a.csv", "id,text_a,text_b,label\np1,x,y,1\n")
+    b = write(tmp_path / "b.csv", "id,text_a,text_b,label\np1,x,z,1\n")
+    rows = [read_pairs(p, id_column="id", label_range=(0, 5))[0] for p in (a, b)]
+    assert fingerprint(rows[0]) != fingerprint(rows[1])

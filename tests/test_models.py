@@ -32,6 +32,7 @@ def test_score_transforms_map_to_the_target_scale():
 
 
 def test_score_regression_value_and_validation():
+    """The DSE term is the plain MSE; a narrower target tensor must not broadcast into a plausible loss."""
     g = torch.Generator().manual_seed(0)
     scores, targets = torch.rand(8, generator=g), torch.rand(8, generator=g)
     assert ScoreRegression()(scores, targets).item() == pytest.approx(((scores - targets) ** 2).mean().item())
@@ -107,6 +108,7 @@ def test_distill_module_learns_from_teacher_scores(student):
 
 
 def test_all_zero_weights_are_refused(student):
+    """A config whose every weight is 0 would train nothing at a loss of 0."""
     with pytest.raises(ValueError, match="weight 0"):
         DistillModule(copy.deepcopy(student), {"t": ScoreRegression(weight=0)})
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -11,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill import cache as cache_mod
-from distill.cli import run
+from distill.checkpoints import CheckpointError
+from distill.cli import main, run
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -72,6 +75,9 @@ def test_teacher_predict_writes_scores(tiny_backbone, pair_files, teacher_ckpt, 
              f"--data.init_args.predict={pair_files['test']}", "--predictions", str(out)])
     table = pq.read_table(out)
     assert table.num_rows == 48 and set(table.column_names) == {"pair_id", "score"}
+    from distill.data import read_pairs
+
+    assert table.column("pair_id").to_pylist() == read_pairs(pair_files["test"], label_range=(0, 5))[0]["pair_id"]
 
 
 def test_cache_round_trip(score_cache: Path, pair_files):
@@ -131,9 +137,10 @@ def test_cache_refuses_other_teacher(tiny_backbone, pair_files, teacher_ckpt, sc
 
 
 def test_cache_rejects_a_file_that_is_not_a_checkpoint(tiny_backbone, pair_files, tmp_path):
+    """A text file passed as --ckpt_path is named as not a checkpoint, not unpickled into a traceback."""
     bad = tmp_path / "model.ckpt"
     bad.write_text("not a checkpoint")
-    with mock.patch("sys.argv", ["distill"]), pytest.raises(cache_mod.CacheError, match="not a Lightning checkpoint"):
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
         run(cache_args(tiny_backbone, pair_files, str(bad), tmp_path / "c"))
 
 
@@ -157,7 +164,7 @@ def test_student_distils_tests_and_predicts(tiny_backbone, pair_files, score_cac
              f"--data.init_args.predict={texts}", "--predictions", str(out)])
     table = pq.read_table(out).to_pydict()
     assert table["id"] == ["1", "2"] and len(table["embedding"][0]) == 32
-    with mock.patch("sys.argv", ["distill"]), pytest.raises(cache_mod.CacheError, match="do not fit CrossEncoder"):
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(CheckpointError, match="do not fit CrossEncoder"):
         run(cache_args(tiny_backbone, pair_files, ckpt, tmp_path / "c"))
 
 
@@ -195,9 +202,65 @@ def test_student_refuses_a_cache_for_other_data(tiny_backbone, pair_files, score
 
 
 def test_incomplete_cache_is_refused(score_cache, tmp_path):
+    """A cache whose run was interrupted (complete: false) is never read as if it were whole."""
     out = tmp_path / "c"
     shutil.copytree(score_cache, out)
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(cache_mod.CacheError, match="incomplete"):
         cache_mod.ScoreCache(out)
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("distill: error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def test_bad_data_file_through_the_cli_is_one_line(tiny_backbone, pair_files, tmp_path, capsys):
+    """A NaN label in a user's training file stops `distill fit` with one line naming file and row."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text_a,text_b,label\na man.,a dog.,1\na cat.,a car.,nan\n")
+    line = _one_line_error(capsys, ["fit", *teacher_args(tiny_backbone, {**pair_files, "train": str(bad)}, tmp_path)])
+    assert str(bad) in line and "row 2" in line
+
+
+def test_trainer_verbs_refuse_bad_checkpoints(tiny_backbone, pair_files, teacher_ckpt, tmp_path, capsys):
+    """`distill test --ckpt_path` with a non-checkpoint, or a teacher's checkpoint for a student, is one line."""
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00garbage")
+    line = _one_line_error(capsys, ["test", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", str(junk)])
+    assert "not a Lightning checkpoint" in line and str(junk) in line
+    line = _one_line_error(capsys, ["test", *student_args(tiny_backbone, pair_files, tmp_path, None),
+                                    "--ckpt_path", teacher_ckpt])
+    assert "checkpoint of teachers.CrossEncoder, but the config's model is distill.module.DistillModule" in line
+
+
+def test_student_fit_under_two_process_ddp(tiny_backbone, pair_files, score_cache, tmp_path):
+    """`distill fit --trainer.devices=2 --trainer.strategy=ddp` runs as users launch it (gloo on CPU)."""
+    args = [sys.executable, "-m", "distill", "fit", *student_args(tiny_backbone, pair_files, tmp_path, score_cache),
+            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = (tmp_path / "logs/version_0/metrics.csv").read_text()
+    assert "val/spearman_cosine" in metrics.splitlines()[0]
+    assert list((tmp_path / "logs/version_0/checkpoints").glob("best-*.ckpt"))
+
+
+def test_shards_are_split_between_ranks(monkeypatch):
+    """Shard k goes to rank k % world: each pair is scored by exactly one rank, whatever the world size."""
+    from distill.cache import ShardBatchSampler
+
+    shards = [(0, 4), (4, 8), (8, 10)]
+    monkeypatch.setattr(cache_mod.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(cache_mod.dist, "get_world_size", lambda: 2)
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setattr(cache_mod.dist, "get_rank", lambda r=rank: r)
+        batches = list(ShardBatchSampler(shards, todo={0, 1, 2}, batch_size=3))
+        seen.append([i for b in batches for i in b])
+    assert seen == [[0, 1, 2, 3, 8, 9], [4, 5, 6, 7]]

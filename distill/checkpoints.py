@@ -1,0 +1,41 @@
+"""Checkpoint checks: a file that is not a checkpoint, or holds another model, is a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for the configured model; the message names the file and the fix."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint on CPU (tensors and plain types only)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["state_dict"]  # noqa: B018 - what makes it a Lightning checkpoint
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint; pass the .ckpt that `distill fit` wrote") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: not a Lightning checkpoint ({type(err).__name__}); pass the .ckpt that "
+                              f"`distill fit` wrote") from None
+    return ckpt
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights whose names or shapes differ from `model`'s (e.g. a student's checkpoint for a teacher)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        backbone = getattr(model, "hparams", {}).get("backbone")
+        raise CheckpointError(
+            f"{path}: its weights do not fit {type(model).__name__}{f'({backbone})' if backbone else ''} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} reshaped keys, e.g. {example!r}); "
+            f"pass a checkpoint made with this model config"
+        )
