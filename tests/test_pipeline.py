@@ -233,7 +233,8 @@ def test_trainer_verbs_refuse_bad_checkpoints(tiny_backbone, pair_files, teacher
     """`distill test --ckpt_path` with a non-checkpoint, or a teacher's checkpoint for a student, is one line."""
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00garbage")
-    line = _one_line_error(capsys, ["test", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", str(junk)])
+    line = _one_line_error(capsys, ["test", *teacher_args(tiny_backbone, pair_files, tmp_path),
+                                    "--ckpt_path", str(junk)])
     assert "not a Lightning checkpoint" in line and str(junk) in line
     line = _one_line_error(capsys, ["test", *student_args(tiny_backbone, pair_files, tmp_path, None),
                                     "--ckpt_path", teacher_ckpt])
