@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -22,7 +24,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _cli(argv: list[str]) -> Any:
     from distill.cli import run  # the CLI imports this module
 
-    return run(argv)
+    # LightningCLI warns when given args while sys.argv holds `quickstart ...`; the args are the whole command
+    with mock.patch.object(sys, "argv", ["distill"]):
+        return run(argv)
 
 
 def _metrics(cli: Any) -> dict[str, float]:
