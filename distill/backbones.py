@@ -98,6 +98,15 @@ def _mpnet() -> str:
     return str(out)
 
 
+def check_max_length(model: Any, max_length: int, key: str) -> None:
+    """Refuse a max_length beyond the backbone's position embeddings (it would fail mid-training)."""
+    config = model.config
+    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta", "mpnet", "camembert") else 0
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit - offset:
+        raise ValueError(f"{key}={max_length} exceeds the backbone's {limit - offset} positions; lower {key}")
+
+
 def load_backbone(cls: Any, backbone: str, **kwargs: Any) -> tuple[Any, str]:
     """`cls.from_pretrained` on a resolved backbone; a failure names the backbone and the fix."""
     path = resolve(backbone)

@@ -207,7 +207,13 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(teacher.tokenization()["tokenizer"])
-    vocab = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else json.dumps(tokenizer.get_vocab())
+    if tokenizer.is_fast:
+        # the serialised tokenizer also records the truncation/padding of its last call: leave those out
+        spec = {k: v for k, v in json.loads(tokenizer.backend_tokenizer.to_str()).items()
+                if k not in ("truncation", "padding")}
+        vocab = json.dumps(spec, sort_keys=True)
+    else:
+        vocab = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return {
         "class_path": f"{type(teacher).__module__}.{type(teacher).__name__}",
         "checkpoint": str(ckpt_path),

@@ -10,6 +10,7 @@ import hashlib
 import importlib.resources
 import math
 import unicodedata
+import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer
+
+from distill.resume import ResumableLoader
 
 #: bundled datasets: name -> (folder, file pattern, label_range)
 BUNDLED = {"stsb": ("stsbenchmark", "sts-{split}.csv", (0.0, 5.0))}
@@ -56,7 +59,7 @@ def bundled_path(name: str) -> tuple[Path, tuple[float, float]]:
     return Path(str(root / pattern.format(split=split))), label_range
 
 
-def _read_stsb(path: Path) -> pd.DataFrame:
+def _read_stsb(path: Path) -> pd.DataFrame:  # bundled files are known-good UTF-8
     # tab-separated, no header; 197 lines carry extra columns after s2 and quotes are literal,
     # so split on tabs and take fields 4-6 instead of using a CSV parser
     rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -70,6 +73,12 @@ def _read_table(path: Path, file_format: str | None) -> pd.DataFrame:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use {', '.join(FORMATS)} or set the format")
     if not path.is_file():
         raise DataError(f"{path}: no such file; fix the data path in the config")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: invalid UTF-8 (byte {err.object[err.start]:#x}); re-encode the file "
+                        f"as UTF-8 or fix that row") from None
     try:
         if fmt in ("csv", "tsv"):
             return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
@@ -225,6 +234,15 @@ def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: boo
     return out
 
 
+def _warn_truncated(rows: Dataset, max_length: int, name: str) -> None:
+    """One warning that counts the rows cut at max_length (long texts are not an error)."""
+    columns = [c for c in ("input_ids", "a_input_ids", "b_input_ids") if c in rows.column_names]
+    cut = sum(any(len(r[c]) >= max_length for c in columns) for r in rows.select_columns(columns))
+    if cut:
+        warnings.warn(f"{name}: {cut} of {len(rows)} rows reach max_length={max_length} tokens and were truncated; "
+                      f"raise the model's max_length (max_seq_length for students) to keep them whole", stacklevel=2)
+
+
 class PairCollator:
     """Pads each batch to its own longest sequence (never to max_length).
 
@@ -250,16 +268,19 @@ class PairCollator:
 class LengthGroupedSampler(Sampler[int]):
     """Random order in which neighbours have similar lengths, so per-batch padding stays small.
 
-    Shuffles, cuts the order into windows of `window` rows, sorts each window by length. Under DDP Lightning
-    wraps it, and each rank takes every world-th index of this order, which keeps neighbours alike.
+    Shuffles, cuts the order into windows of `window` rows, sorts each window by length (`window=1`: a plain
+    shuffle). The order depends only on the seed and the epoch Lightning sets, never on the global RNG, so a
+    resumed run sees the same order. Under DDP Lightning wraps it and shards this order across ranks.
     """
 
     def __init__(self, lengths: list[int], window: int, seed: int = 0) -> None:
         self.lengths, self.window, self.seed, self.epoch = lengths, window, seed, 0
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         for start in range(0, len(order), self.window):
             yield from sorted(order[start:start + self.window], key=self.lengths.__getitem__)
@@ -346,6 +367,7 @@ class PairDataModule(pl.LightningDataModule):
         spec = self._tokenization()
         rows = self.rows(split, texts=split == "predict" and not spec["joint"])
         rows = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
+        _warn_truncated(rows, spec["max_length"], f"{self.sources[split]} ({split})")
         if split == "train" and self.hparams.cache_dir is not None:
             from distill.cache import ScoreCache  # the cache module reads data; import here to avoid a cycle
 
@@ -364,13 +386,15 @@ class PairDataModule(pl.LightningDataModule):
         tok = load_tokenizer(self._tokenization()["tokenizer"])
         dataset = self.datasets[split]
         size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
-        sampler = None
-        if shuffle and self.hparams.group_by_length:
-            key = "input_ids" if "input_ids" in dataset.column_names else "a_input_ids"
-            lengths = [len(x) for x in dataset[key]]
-            sampler = LengthGroupedSampler(lengths, window=size * 32, seed=self.hparams.seed)
-        return DataLoader(dataset, batch_size=size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          collate_fn=PairCollator(tok.pad_token_id or 0), num_workers=self.hparams.num_workers)
+        collate = PairCollator(tok.pad_token_id or 0)
+        if not shuffle:
+            return DataLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers)
+        key = "input_ids" if "input_ids" in dataset.column_names else "a_input_ids"
+        lengths = [len(x) for x in dataset[key]]
+        window = size * 32 if self.hparams.group_by_length else 1
+        return ResumableLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers,
+                               sampler=LengthGroupedSampler(lengths, window=window, seed=self.hparams.seed),
+                               datamodule=self)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

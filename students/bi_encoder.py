@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
-from distill.backbones import load_backbone
+from distill.backbones import check_max_length, load_backbone
 
 CONFIG_NAME = "distill_student.json"
 HEAD_NAME = "dse_head.safetensors"
@@ -69,6 +69,7 @@ class BiEncoder(nn.Module):
         except TypeError:
             self.encoder, self.backbone_path = load_backbone(AutoModel, backbone)
         self.encoder.train()  # from_pretrained returns eval mode, which would silently switch dropout off
+        check_max_length(self.encoder, max_seq_length, "student max_seq_length")
         dim = self.encoder.config.hidden_size
         self.head = DSEHead(dim, dse_hidden or dim) if dse_head else None
 

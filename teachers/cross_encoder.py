@@ -11,7 +11,7 @@ from torch import Tensor
 from torchmetrics import Accuracy, MetricCollection, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-from distill.backbones import load_backbone
+from distill.backbones import check_max_length, load_backbone
 
 
 def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float, warmup_ratio: float,
@@ -31,6 +31,10 @@ def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float
         groups.setdefault((group_lr, decay), []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()])
     total = int(module.trainer.estimated_stepping_batches)
+    # estimated_stepping_batches builds the train loader before a checkpoint's loop state is restored, and the
+    # fit loop would then reuse that loader without loading its state (pytorch-lightning 2.6): drop it so the
+    # fit loop builds it again after the restore, and resumes mid-epoch at the right batch
+    module.trainer.fit_loop._combined_loader = None
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -66,6 +70,7 @@ class CrossEncoder(pl.LightningModule):
         self.model, self.backbone_path = load_backbone(AutoModelForSequenceClassification, backbone,
                                                        num_labels=num_labels)
         self.model.train()  # from_pretrained returns eval mode, which would silently switch dropout off
+        check_max_length(self.model, max_length, "model.init_args.max_length")
         self.regression = num_labels == 1
         make = (lambda: SpearmanCorrCoef()) if self.regression else (  # noqa: E731
             lambda: Accuracy(task="multiclass", num_classes=num_labels))

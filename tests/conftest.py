@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers beside the tests (cli_args, killer)
+
+from cli_args import cache_args, teacher_args  # noqa: E402
+
+from distill.cli import run  # noqa: E402
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = ("a man woman child dog cat plays playing guitar piano eats food runs walks park street the is on in "
@@ -29,7 +37,7 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64)
+                        intermediate_size=37, max_position_embeddings=128)
     import torch
 
     torch.manual_seed(0)
@@ -58,3 +66,21 @@ def pair_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("pairs")
     return {split: str(write_pairs(folder / f"{split}.csv", n, seed))
             for split, n, seed in (("train", 96, 0), ("dev", 48, 1), ("test", 48, 2))}
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tiny_backbone: str, pair_files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("teacher")
+    with mock.patch("sys.argv", ["distill"]):
+        cli = run(["fit", *teacher_args(tiny_backbone, pair_files, out), "--trainer.max_epochs=2"])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert Path(best).is_file() and "val/spearman" in cli.trainer.callback_metrics
+    return best
+
+
+@pytest.fixture(scope="session")
+def score_cache(tiny_backbone, pair_files, teacher_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "train"
+    with mock.patch("sys.argv", ["distill"]):
+        run(cache_args(tiny_backbone, pair_files, teacher_ckpt, out))
+    return out

@@ -65,3 +65,16 @@ def test_missing_backbone_is_one_line(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("distill: error:")]
     assert len(errors) == 1 and "nope/model" in errors[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("--data.init_args.batch_size=many", "batch_size"),
+    ("--model.class_path=teachers.NoSuchTeacher", "teachers.NoSuchTeacher"),
+    ("--model.init_args.loss=hinge", "model.init_args.loss"),
+], ids=["wrong type", "class_path that does not import", "invalid choice"])
+def test_config_errors_name_the_key(override, named):
+    """Config mistakes fail before any work with the key (or class) named, and no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "distill", "fit", "--config",
+                           str(ROOT / "configs/teacher/quickstart.yaml"), override],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1500:]

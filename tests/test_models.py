@@ -133,3 +133,11 @@ def test_classification_teacher_trains_on_tiny_data(tiny_backbone):
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).item(),
                                         rel=1e-4)
     assert teacher.predict_step(batch, 0)["score"].shape == (2, 3)
+
+
+def test_max_length_beyond_the_backbone_is_refused(tiny_backbone):
+    """The tiny backbone has 128 positions: 256 would crash at the first long batch, so it fails at construction."""
+    with pytest.raises(ValueError, match="max_length=256 exceeds the backbone's 128 positions"):
+        CrossEncoder(backbone=tiny_backbone, max_length=256)
+    with pytest.raises(ValueError, match="max_seq_length=200 exceeds"):
+        BiEncoder(backbone=tiny_backbone, max_seq_length=200)

@@ -11,53 +11,11 @@ from unittest import mock
 
 import pyarrow.parquet as pq
 import pytest
+from cli_args import QUIET, ROOT, cache_args, student_args, teacher_args  # noqa: F401
 
 from distill import cache as cache_mod
 from distill.checkpoints import CheckpointError
 from distill.cli import main, run
-
-ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-
-
-def teacher_args(tiny: str, pairs: dict[str, str], out: Path) -> list[str]:
-    return ["--config", str(ROOT / "configs/teacher/quickstart.yaml"), f"--model.init_args.backbone={tiny}",
-            f"--data.init_args.train={pairs['train']}", f"--data.init_args.val={pairs['dev']}",
-            f"--data.init_args.test={pairs['test']}", "--data.init_args.label_range=[0, 5]",
-            f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *QUIET]
-
-
-def student_args(tiny: str, pairs: dict[str, str], out: Path, cache_dir: Path | None) -> list[str]:
-    args = ["--config", str(ROOT / "configs/student/quickstart.yaml"),
-            f"--model.init_args.student.init_args.backbone={tiny}",
-            f"--data.init_args.train={pairs['train']}", f"--data.init_args.val={pairs['dev']}",
-            f"--data.init_args.test={pairs['test']}", "--data.init_args.label_range=[0, 5]",
-            f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *QUIET]
-    return [*args, f"--data.init_args.cache_dir={cache_dir or 'null'}"]
-
-
-def cache_args(tiny: str, pairs: dict[str, str], ckpt: str, out: Path) -> list[str]:
-    return ["cache", "--config", str(ROOT / "configs/cache/quickstart.yaml"), f"--teacher.init_args.backbone={tiny}",
-            f"--data.init_args.train={pairs['train']}", "--data.init_args.label_range=[0, 5]",
-            "--ckpt_path", ckpt, "--out", str(out), "--shard_size", "32", "--accelerator", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tiny_backbone: str, pair_files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("teacher")
-    with mock.patch("sys.argv", ["distill"]):
-        cli = run(["fit", *teacher_args(tiny_backbone, pair_files, out), "--trainer.max_epochs=2"])
-    best = cli.trainer.checkpoint_callback.best_model_path
-    assert Path(best).is_file() and "val/spearman" in cli.trainer.callback_metrics
-    return best
-
-
-@pytest.fixture(scope="module")
-def score_cache(tiny_backbone, pair_files, teacher_ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cache") / "train"
-    with mock.patch("sys.argv", ["distill"]):
-        run(cache_args(tiny_backbone, pair_files, teacher_ckpt, out))
-    return out
 
 
 def test_teacher_test_logs_spearman(tiny_backbone, pair_files, teacher_ckpt, tmp_path):
