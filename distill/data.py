@@ -74,7 +74,8 @@ def _read_table(path: Path, file_format: str | None) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: no such file; fix the data path in the config")
     try:
-        path.read_bytes().decode("utf-8")
+        if fmt != "parquet":  # text formats: name the line of a bad byte, which pandas would not
+            path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: invalid UTF-8 (byte {err.object[err.start]:#x}); re-encode the file "
