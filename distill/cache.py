@@ -27,7 +27,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
 from distill.checkpoints import check_fits, read_checkpoint
-from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize
+from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize, tokenizer_fingerprint
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -206,20 +206,12 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str, Any]:
-    tokenizer = load_tokenizer(teacher.tokenization()["tokenizer"])
-    if tokenizer.is_fast:
-        # the serialised tokenizer also records the truncation/padding of its last call: leave those out
-        spec = {k: v for k, v in json.loads(tokenizer.backend_tokenizer.to_str()).items()
-                if k not in ("truncation", "padding")}
-        vocab = json.dumps(spec, sort_keys=True)
-    else:
-        vocab = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return {
         "class_path": f"{type(teacher).__module__}.{type(teacher).__name__}",
         "checkpoint": str(ckpt_path),
         "checkpoint_sha256": sha256_file(ckpt_path),
         "backbone": teacher.hparams.get("backbone"),
-        "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+        "tokenizer_sha256": tokenizer_fingerprint(teacher.tokenization()["tokenizer"]),
         "head": "regression" if teacher.hparams.get("num_labels", 1) == 1 else
                 f"classification-{teacher.hparams['num_labels']}",
         "score_transform": teacher.score_transform,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 import math
 import unicodedata
 import warnings
@@ -23,6 +24,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer
 
+from distill.backbones import cache_root
 from distill.resume import ResumableLoader
 
 #: bundled datasets: name -> (folder, file pattern, label_range)
@@ -216,6 +218,25 @@ def load_tokenizer(path: str):  # noqa: ANN201 - transformers' tokenizer classes
     return AutoTokenizer.from_pretrained(path)
 
 
+def tokenizer_fingerprint(path: str) -> str:
+    """Hash of what a tokenizer does (vocabulary, normaliser, model), not of where it lives."""
+    tok = load_tokenizer(path)
+    if tok.is_fast:
+        # the serialised tokenizer also records the truncation/padding of its last call: leave those out
+        spec = {k: v for k, v in json.loads(tok.backend_tokenizer.to_str()).items()
+                if k not in ("truncation", "padding")}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest()
+
+
+def tokenised_cache_file(rows: Dataset, spec: dict[str, Any], split: str) -> Path:
+    """Where the tokenised rows live on disk: named by the data, the tokenizer and the tokenisation options."""
+    options = {k: v for k, v in spec.items() if k != "tokenizer"}
+    key = hashlib.sha256(f"{fingerprint(rows)}|{tokenizer_fingerprint(spec['tokenizer'])}|"
+                         f"{json.dumps(options, sort_keys=True)}".encode()).hexdigest()[:24]
+    return cache_root() / "tokenized" / f"{split}-{key}.arrow"
+
+
 def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: bool, prefix: str = "") -> dict:
     """Tokenise pairs jointly (cross-encoder) or each side apart (bi-encoder), unpadded.
 
@@ -367,7 +388,11 @@ class PairDataModule(pl.LightningDataModule):
         """Tokenised rows of a split, with teacher scores joined in for a student's train split."""
         spec = self._tokenization()
         rows = self.rows(split, texts=split == "predict" and not spec["joint"])
-        rows = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
+        cache_file = tokenised_cache_file(rows, spec, split)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # tokenised once, then read back from Arrow (prepare_data on rank 0 writes it, setup on every rank reads)
+        rows = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}",
+                        cache_file_name=str(cache_file), load_from_cache_file=True)
         _warn_truncated(rows, spec["max_length"], f"{self.sources[split]} ({split})")
         if split == "train" and self.hparams.cache_dir is not None:
             from distill.cache import ScoreCache  # the cache module reads data; import here to avoid a cycle
@@ -375,11 +400,17 @@ class PairDataModule(pl.LightningDataModule):
             rows = ScoreCache(self.hparams.cache_dir).join(rows)
         return rows
 
-    def setup(self, stage: str) -> None:
+    def _wanted(self, stage: str) -> tuple[str, ...]:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
-        for split in wanted:
-            if split == "val" and self.sources["val"] is None:
-                continue
+        return tuple(s for s in wanted if self.sources[s] is not None or s != "val")
+
+    def prepare_data(self) -> None:
+        fn = getattr(self.trainer.state.fn, "value", self.trainer.state.fn)
+        for split in self._wanted(fn if fn in ("fit", "validate", "test", "predict") else "fit"):
+            self.build(split)
+
+    def setup(self, stage: str) -> None:
+        for split in self._wanted(stage):
             if split not in self.datasets:
                 self.datasets[split] = self.build(split)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["DISTILL_HOME"] = tempfile.mkdtemp(prefix="distill-home-")  # tokenised caches stay out of ~/.cache
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers beside the tests (cli_args, killer)
 
 from cli_args import cache_args, teacher_args  # noqa: E402

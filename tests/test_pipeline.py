@@ -223,3 +223,22 @@ def test_shards_are_split_between_ranks(monkeypatch):
         batches = list(ShardBatchSampler(shards, todo={0, 1, 2}, batch_size=3))
         seen.append([i for b in batches for i in b])
     assert seen == [[0, 1, 2, 3, 8, 9], [4, 5, 6, 7]]
+
+
+def test_tokenised_rows_are_cached_on_disk_and_reused(tiny_backbone, pair_files, score_cache, tmp_path):
+    """The second fit reads the tokenised Arrow file the first one wrote, keyed by data, tokenizer and options."""
+    from distill.data import read_pairs, tokenised_cache_file
+
+    def fit_once(out):
+        with mock.patch("sys.argv", ["distill"]):
+            cli = run(["fit", *student_args(tiny_backbone, pair_files, out, score_cache), "--trainer.max_steps=1",
+                       "--trainer.limit_val_batches=0"])
+        return Path(cli.datamodule.datasets["train"].cache_files[0]["filename"])
+
+    first = fit_once(tmp_path / "one")
+    written = first.stat().st_mtime_ns
+    assert fit_once(tmp_path / "two") == first and first.stat().st_mtime_ns == written
+    rows = read_pairs(pair_files["train"], label_range=(0, 5))[0]
+    spec = {"tokenizer": tiny_backbone, "max_length": 128, "joint": False, "prefix": ""}
+    assert tokenised_cache_file(rows, spec, "train") == first
+    assert tokenised_cache_file(rows, {**spec, "prefix": "query: "}, "train") != first
