@@ -384,15 +384,19 @@ class PairDataModule(pl.LightningDataModule):
             raise RuntimeError("PairDataModule needs a model with a tokenization() method (a teacher or DistillModule)")
         return model.tokenization()
 
-    def build(self, split: str) -> Dataset:
-        """Tokenised rows of a split, with teacher scores joined in for a student's train split."""
+    def _tokenised(self, split: str) -> tuple[Dataset, dict[str, Any]]:
+        # tokenised once, then read back from Arrow (prepare_data on rank 0 writes it, setup on every rank reads)
         spec = self._tokenization()
         rows = self.rows(split, texts=split == "predict" and not spec["joint"])
         cache_file = tokenised_cache_file(rows, spec, split)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # tokenised once, then read back from Arrow (prepare_data on rank 0 writes it, setup on every rank reads)
         rows = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}",
                         cache_file_name=str(cache_file), load_from_cache_file=True)
+        return rows, spec
+
+    def build(self, split: str) -> Dataset:
+        """Tokenised rows of a split, with teacher scores joined in for a student's train split."""
+        rows, spec = self._tokenised(split)
         _warn_truncated(rows, spec["max_length"], f"{self.sources[split]} ({split})")
         if split == "train" and self.hparams.cache_dir is not None:
             from distill.cache import ScoreCache  # the cache module reads data; import here to avoid a cycle
@@ -407,7 +411,7 @@ class PairDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         fn = getattr(self.trainer.state.fn, "value", self.trainer.state.fn)
         for split in self._wanted(fn if fn in ("fit", "validate", "test", "predict") else "fit"):
-            self.build(split)
+            self._tokenised(split)  # only the Arrow file: joins and warnings happen once, in setup
 
     def setup(self, stage: str) -> None:
         for split in self._wanted(stage):
