@@ -39,3 +39,39 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} reshaped keys, e.g. {example!r}); "
             f"pass a checkpoint made with this model config"
         )
+
+
+def load_model(path: str | Path) -> tuple[str, nn.Module, dict[str, Any]]:
+    """Rebuild the model a `distill fit` checkpoint holds, with its weights, in eval mode.
+
+    Returns (`teacher` | `student`, the `CrossEncoder` LightningModule or the `BiEncoder`, metadata: the class
+    path, the hyperparameters and, for students, the scoring mode chosen on validation data).
+    """
+    import importlib
+
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    class_path = hp.pop("_class_path", None)
+    hp.pop("_instantiator", None)
+    state = ckpt["state_dict"]
+    meta = {"class_path": class_path, "hyper_parameters": hp, "selected_mode": ckpt.get("selected_mode", "cosine")}
+    if any(k.startswith("student.") for k in state):
+        spec = hp.get("student")
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            raise CheckpointError(f"{path}: a student checkpoint without its student config (made outside "
+                                  f"`distill fit`); pass a checkpoint that `distill fit` wrote")
+        module, name = spec["class_path"].rsplit(".", 1)
+        student = getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+        own = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+        check_fits(student, own, path)
+        student.load_state_dict(own)
+        return "student", student.eval(), meta
+    if any(k.startswith("model.") for k in state) and "backbone" in hp:
+        from teachers.cross_encoder import CrossEncoder
+
+        teacher = CrossEncoder(**{k: v for k, v in hp.items() if k in CrossEncoder.__init__.__code__.co_varnames})
+        check_fits(teacher, state, path)
+        teacher.load_state_dict(state)
+        return "teacher", teacher.eval(), meta
+    raise CheckpointError(f"{path}: neither a teacher (CrossEncoder) nor a student (DistillModule) checkpoint; "
+                          f"pass a checkpoint that `distill fit` wrote")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import sys
@@ -13,10 +14,17 @@ import jsonargparse
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
-from distill import cache, predict, quickstart
+from distill import predict
 from distill.checkpoints import CheckpointError, check_fits, read_checkpoint
 
-TOOLS = {"cache": cache.main, "quickstart": quickstart.main}
+# verb -> "module:function"; imported on use so `distill fit` does not pay for onnxruntime or matplotlib
+TOOLS = {
+    "cache": "distill.cache:main",
+    "mine": "distill.mine:main",
+    "bench": "distill.bench:main",
+    "export": "distill.export:main",
+    "quickstart": "distill.quickstart:main",
+}
 TRAINER_VERBS = {
     "fit": "train a teacher or a student (model picked by class_path)",
     "validate": "evaluate on the validation split",
@@ -79,11 +87,22 @@ def _cause(message: str) -> str:
     return causes[0] if causes else message
 
 
+def tool(verb: str) -> Any:
+    """The function behind a tool verb."""
+    module, name = TOOLS[verb].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _help() -> str:
     lines = ["usage: distill <verb> [--config CONFIG.yaml] [options]", "", "Trainer verbs (LightningCLI):"]
     lines += [f"  {verb:<11} {text}" for verb, text in TRAINER_VERBS.items()]
     lines += ["", "Tools:"]
-    lines += [f"  {verb:<11} {(fn.__doc__ or '').strip().splitlines()[0]}" for verb, fn in TOOLS.items()]
+    for verb in TOOLS:
+        try:
+            doc = (tool(verb).__doc__ or "").strip().splitlines()[0]
+        except ImportError as err:
+            doc = f"(unavailable: {err})"
+        lines.append(f"  {verb:<11} {doc}")
     lines += ["", "`distill <verb> --help` shows a verb's options; `--print_config` prints a resolved config."]
     return "\n".join(lines)
 
@@ -111,8 +130,8 @@ def run(argv: list[str] | None = None) -> Any:
         print(_help())
         return None
     if given[0] in TOOLS:
-        tool = TOOLS[given[0]]
-        return jsonargparse.CLI(tool, args=_bare_flags(tool, given[1:]), as_positional=False)
+        fn = tool(given[0])
+        return jsonargparse.CLI(fn, args=_bare_flags(fn, given[1:]), as_positional=False)
     # args=None reads sys.argv; passing both makes LightningCLI warn
     return DistillCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                       args=argv, save_config_kwargs={"overwrite": True})

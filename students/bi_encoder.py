@@ -137,7 +137,9 @@ class BiEncoder(nn.Module):
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a distill student folder")
-        student = cls(backbone=str(directory), **json.loads((directory / CONFIG_NAME).read_text()))
+        options = json.loads((directory / CONFIG_NAME).read_text())
+        options.pop("selected_mode", None)  # written by `distill export`; not a constructor option
+        student = cls(backbone=str(directory), **options)
         if student.head is not None:
             student.head.load_state_dict(load_file(str(directory / HEAD_NAME)))
         return student

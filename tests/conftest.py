@@ -86,3 +86,16 @@ def score_cache(tiny_backbone, pair_files, teacher_ckpt, tmp_path_factory) -> Pa
     with mock.patch("sys.argv", ["distill"]):
         run(cache_args(tiny_backbone, pair_files, teacher_ckpt, out))
     return out
+
+
+@pytest.fixture(scope="session")
+def student_ckpt(tiny_backbone: str, pair_files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny student with a DSE head (gold-only: no cache needed), fitted for a few steps."""
+    from cli_args import student_args
+
+    out = tmp_path_factory.mktemp("student")
+    with mock.patch("sys.argv", ["distill"]):
+        cli = run(["fit", *student_args(tiny_backbone, pair_files, out, None), "--trainer.max_epochs=1",
+                   "--trainer.limit_train_batches=3",
+                   "--model.init_args.objectives.teacher_mse.init_args.weight=0"])
+    return cli.trainer.checkpoint_callback.best_model_path

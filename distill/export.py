@@ -1,0 +1,288 @@
+"""`distill export`: a trained student or teacher as a folder that production tools load without distill.
+
+Student folder: transformers (`AutoModel`/`AutoTokenizer`) + sentence-transformers config (pooling, normalisation,
+prompt prefix, max length, cosine similarity) at the root; `dse_head.safetensors` + `dse_head.py` (a torch-only
+loader) when trained with the DSE head; `onnx/model.onnx` and `onnx/model_qint8.onnx` on request; `README.md`
+(model card) and `export_report.json` (parity figures). Teacher folder: a transformers sequence-classification
+model that sentence-transformers loads as a `CrossEncoder`. The folder is written beside the target and moved into
+place only after every parity check passed, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import spearmanr
+
+from distill import onnx_backend
+from distill.checkpoints import load_model
+
+REPORT = "export_report.json"
+ST_HINT = "pip install 'distill[export]'"
+# texts of several lengths and scripts: parity must hold beyond the one short sentence a trace saw
+PROBES = [
+    "A man is playing a guitar.",
+    "Two dogs run through a field of tall grass while the sun sets behind the hills.",
+    "The central bank left interest rates unchanged on Thursday, citing uncertainty about inflation.",
+    "ok",
+    "Ein Mann spielt Gitarre.",
+    "Un homme joue de la guitare dans la rue.",
+]
+ONNX_TOLERANCE = 1e-4  # max abs difference of fp32 ONNX embeddings from torch's
+ST_MIN_COSINE = 0.9999  # sentence-transformers' embeddings vs distill's
+
+DSE_LOADER = '''"""Load the DSE pair head saved beside this encoder; needs only torch and safetensors.
+
+    from dse_head import load_dse_head
+    head = load_dse_head("path/to/this/folder")
+    score = head(u, v)  # u, v: (batch, dim) sentence embeddings -> (batch,) scores in [0, 1]
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+class DSEHead(torch.nn.Module):
+    """sigmoid(MLP([u; v; u*v; |u-v|])): Barkan et al., AAAI 2020, "Distilled Sentence Embedding"."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(4 * dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([u, v, u * v, (u - v).abs()], dim=-1)
+        return torch.sigmoid(self.mlp(features).squeeze(-1))
+
+
+def load_dse_head(folder: str) -> DSEHead:
+    config = json.loads((Path(folder) / "dse_head.json").read_text())
+    head = DSEHead(config["dim"], config["hidden"])
+    head.load_state_dict(load_file(str(Path(folder) / "dse_head.safetensors")))
+    return head.eval()
+'''
+
+
+class ExportError(ValueError):
+    """An export that cannot be written or fails its parity checks; the message names the file and the fix."""
+
+
+def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite: bool = False) -> Path:
+    """Export a student or teacher checkpoint for production: sentence-transformers/transformers folder, ONNX, int8.
+
+    Args:
+        ckpt: a checkpoint `distill fit` wrote (a student's or a teacher's; the kind is read from it).
+        out: the folder to write.
+        onnx: also write `onnx/model.onnx` (fp32), parity-checked against torch.
+        int8: also write `onnx/model_qint8.onnx` (dynamic int8 quantisation; implies --onnx).
+        overwrite: replace `out` if it exists.
+    """
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
+    kind, model, meta = load_model(ckpt)
+    meta["ckpt"] = str(ckpt)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write = export_student if kind == "student" else export_teacher
+        report = write(model, partial, meta, onnx=onnx or int8, int8=int8)
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f"distill export: {kind} -> {target}  " + "  ".join(f"{k}={v}" for k, v in report["checks"].items()))
+    return target
+
+
+def _sentence_transformers() -> Any:
+    try:
+        import sentence_transformers
+    except ImportError:
+        raise ImportError(f"distill export writes sentence-transformers folders: {ST_HINT}") from None
+    return sentence_transformers
+
+
+def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool = False,
+                   int8: bool = False) -> dict[str, Any]:
+    """Write a `students.BiEncoder` as a sentence-transformers folder (+ DSE head, ONNX); returns the report."""
+    st = _sentence_transformers()
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    cfg = student.config
+    student.save_pretrained(folder)  # encoder, tokenizer, distill_student.json, dse_head.safetensors
+    modules = [Transformer(str(folder), max_seq_length=cfg["max_seq_length"]),
+               Pooling(student.encoder.config.hidden_size, pooling_mode=cfg["pooling"])]
+    if cfg["normalize"]:
+        modules.append(Normalize())
+    prompts = {"default": cfg["prefix"]} if cfg["prefix"] else None
+    st.SentenceTransformer(modules=modules, device="cpu", prompts=prompts,
+                           default_prompt_name="default" if prompts else None,
+                           similarity_fn_name="cosine").save_pretrained(str(folder))
+    config = {**cfg, "selected_mode": meta.get("selected_mode", "cosine")}
+    (folder / "distill_student.json").write_text(json.dumps(config, indent=2))
+    if student.head is not None:
+        first = student.head.mlp[0]
+        (folder / "dse_head.json").write_text(json.dumps(
+            {"dim": first.in_features // 4, "hidden": first.out_features, "inputs": "[u; v; u*v; |u-v|]",
+             "output": "sigmoid", "reference": "Barkan et al., AAAI 2020, arXiv:1908.05161"}, indent=2))
+        (folder / "dse_head.py").write_text(DSE_LOADER)
+
+    reference = student.encode(PROBES)
+    loaded = st.SentenceTransformer(str(folder), device="cpu").encode(PROBES, convert_to_tensor=True).float()
+    cos = torch.nn.functional.cosine_similarity(reference, loaded, dim=-1).min().item()
+    if cos < ST_MIN_COSINE:
+        raise ExportError(f"{folder}: sentence-transformers' embeddings differ from distill's (min cosine {cos:.6f} "
+                          f"< {ST_MIN_COSINE}); the folder was not written")
+    checks: dict[str, Any] = {"st_min_cosine": round(cos, 6)}
+    if onnx:
+        checks.update(_student_onnx(student, folder, reference, int8))
+    report = {"kind": "student", "ckpt": meta.get("ckpt"), "config": config, "checks": checks,
+              "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
+    (folder / REPORT).write_text(json.dumps(report, indent=2))
+    write_card(folder, report)
+    return report
+
+
+def _student_onnx(student: Any, folder: Path, reference: torch.Tensor, int8: bool) -> dict[str, Any]:
+    onnx_backend.export_onnx(student.encoder, student.tokenizer, folder / onnx_backend.ONNX_FILE, "last_hidden_state")
+    fp32 = onnx_backend.OnnxStudent(folder, onnx_backend.ONNX_FILE, student.config)
+    diff = (fp32.encode(PROBES) - reference).abs().max().item()
+    if diff > ONNX_TOLERANCE:
+        raise ExportError(f"{folder / onnx_backend.ONNX_FILE}: ONNX embeddings differ from torch's by {diff:.2e} "
+                          f"(> {ONNX_TOLERANCE}); the folder was not written")
+    checks: dict[str, Any] = {"onnx_max_abs_diff": float(f"{diff:.3g}")}
+    if int8:
+        onnx_backend.quantize_int8(folder / onnx_backend.ONNX_FILE, folder / onnx_backend.INT8_FILE)
+        q8 = onnx_backend.OnnxStudent(folder, onnx_backend.INT8_FILE, student.config)
+        pairs = _dev_pairs()
+        rho = {}
+        for name, enc in (("fp32", fp32), ("int8", q8)):
+            u, v = enc.encode(pairs["a"]), enc.encode(pairs["b"])
+            rho[name] = spearmanr(torch.nn.functional.cosine_similarity(u, v).numpy(), pairs["gold"]).statistic
+        checks["int8_spearman_delta"] = round(float(rho["int8"] - rho["fp32"]), 4)
+        checks["int8_checked_on"] = f"STS-B dev, first {len(pairs['a'])} pairs, cosine"
+    return checks
+
+
+def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool = False,
+                   int8: bool = False) -> dict[str, Any]:
+    """Write a `teachers.CrossEncoder` as a transformers sequence-classification folder that sentence-transformers
+    loads as a `CrossEncoder`; returns the report."""
+    st = _sentence_transformers()
+    from transformers import AutoTokenizer
+
+    if not teacher.regression:
+        raise ExportError("only regression teachers (num_labels=1) export as a sentence-transformers CrossEncoder")
+    folder.mkdir(parents=True)
+    teacher.model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(teacher.backbone_path)
+    tokenizer.save_pretrained(folder)
+    max_length = teacher.hparams.max_length
+    st.CrossEncoder(str(folder), device="cpu", max_length=max_length,
+                    activation_fn=torch.nn.Sigmoid()).save_pretrained(str(folder))
+    pairs = list(zip(PROBES, PROBES[1:] + PROBES[:1]))
+    enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True,
+                    max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        reference = torch.sigmoid(teacher.model(**enc).logits.squeeze(-1))
+    loaded = torch.as_tensor(st.CrossEncoder(str(folder), device="cpu").predict(pairs))
+    diff = (loaded - reference).abs().max().item()
+    if diff > ONNX_TOLERANCE:
+        raise ExportError(f"{folder}: sentence-transformers' CrossEncoder scores differ from distill's by {diff:.2e}; "
+                          f"the folder was not written")
+    checks: dict[str, Any] = {"st_max_abs_diff": float(f"{diff:.3g}")}
+    if onnx:
+        onnx_backend.export_onnx(teacher.model, tokenizer, folder / onnx_backend.ONNX_FILE, "logits")
+        served = onnx_backend.OnnxCrossEncoder(folder, onnx_backend.ONNX_FILE, max_length)
+        diff = float(abs(served.predict(pairs) - reference.numpy()).max())
+        if diff > ONNX_TOLERANCE:
+            raise ExportError(f"{folder / onnx_backend.ONNX_FILE}: ONNX scores differ from torch's by {diff:.2e}; "
+                              f"the folder was not written")
+        checks["onnx_max_abs_diff"] = float(f"{diff:.3g}")
+        if int8:
+            onnx_backend.quantize_int8(folder / onnx_backend.ONNX_FILE, folder / onnx_backend.INT8_FILE)
+    report = {"kind": "teacher", "ckpt": meta.get("ckpt"), "config": {"max_length": max_length}, "checks": checks,
+              "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
+    (folder / REPORT).write_text(json.dumps(report, indent=2))
+    write_card(folder, report)
+    return report
+
+
+def _dev_pairs(limit: int = 500) -> dict[str, list]:
+    from distill.data import read_pairs
+
+    rows, _ = read_pairs("stsb/dev")
+    n = min(limit, len(rows))
+    return {"a": rows["text_a"][:n], "b": rows["text_b"][:n], "gold": rows["label"][:n]}
+
+
+def _sizes(folder: Path) -> dict[str, float]:
+    """MB on disk of the weight files."""
+    return {str(p.relative_to(folder)): round(p.stat().st_size / 1e6, 2) for p in sorted(folder.rglob("*"))
+            if p.suffix in (".safetensors", ".onnx")}
+
+
+def _plain(value: Any) -> Any:
+    # checkpoint hyperparameters may hold objects from jsonargparse; the report keeps JSON types
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, Any]] | None = None) -> None:
+    """The model card (README.md): what the model is, how it was trained, how to load it, what was measured."""
+    student = report["kind"] == "student"
+    hp = report.get("hyper_parameters", {})
+    config = report.get("config", {})
+    lines = ["---", f"library_name: {'sentence-transformers' if student else 'transformers'}",
+             f"pipeline_tag: {'sentence-similarity' if student else 'text-ranking'}",
+             "tags: [distill, sentence-transformers, " + ("bi-encoder" if student else "cross-encoder") + "]",
+             "---", "",
+             f"# {'Distilled bi-encoder' if student else 'Cross-encoder teacher'} (distill)", ""]
+    if student:
+        lines += ["A sentence encoder distilled from a cross-encoder teacher with "
+                  "[distill](https://pypi.org/project/distill/) (Distilled Sentence Embedding, Barkan et al., AAAI "
+                  "2020): each text is embedded once and pairs are compared by cosine"
+                  + (" or by the DSE pair head saved beside the encoder" if config.get("dse_head") else "") + ".", "",
+                  "```python", "from sentence_transformers import SentenceTransformer",
+                  "model = SentenceTransformer('path/to/this/folder')",
+                  "embeddings = model.encode(['A man is playing a guitar.', 'Someone plays an instrument.'])",
+                  "print(model.similarity(embeddings[:1], embeddings[1:]))", "```", ""]
+        if config.get("dse_head"):
+            lines += ["DSE pair head (torch only): `from dse_head import load_dse_head; "
+                      "head = load_dse_head('path/to/this/folder'); score = head(u, v)`.", ""]
+        lines += [f"Pooling: {config.get('pooling')}; normalised: {config.get('normalize')}; max tokens: "
+                  f"{config.get('max_seq_length')}; prefix: {config.get('prefix')!r}; scoring mode chosen on dev: "
+                  f"{config.get('selected_mode')}.", ""]
+    else:
+        lines += ["A cross-encoder that scores a sentence pair in [0, 1] (sigmoid of one logit).", "",
+                  "```python", "from sentence_transformers import CrossEncoder",
+                  "model = CrossEncoder('path/to/this/folder')",
+                  "print(model.predict([('A man is playing a guitar.', 'Someone plays an instrument.')]))", "```", ""]
+    lines += ["## Recipe", "", f"Checkpoint: `{report.get('ckpt')}`.", "", "```json",
+              json.dumps(hp, indent=2, default=str)[:4000], "```", "",
+              "Training data: STS benchmark (bundled with distill; see `distill/bundled/stsbenchmark/LICENSE.txt`) "
+              "unless the recipe names other data. Backbone licence: that of the backbone named in the recipe "
+              "(all-MiniLM-L6-v2 and all-mpnet-base-v2: Apache-2.0).", "",
+              "## Export checks", "", "| check | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report.get("checks", {}).items()]
+    lines += ["", "Files (MB): " + ", ".join(f"`{k}` {v}" for k, v in report.get("files", {}).items()), ""]
+    if bench_rows:
+        lines += ["## Measured by `distill bench`", "",
+                  "| regime | N | backend | mode | throughput | p50 ms | p95 ms | metric | value |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in bench_rows:
+            value = "—" if r.get("value") is None else f"{r['value']:.4f}"
+            lines.append(f"| {r['regime']} | {r.get('n_candidates') or '—'} | {r['backend']} | {r['mode']} | "
+                         f"{r['throughput']:.1f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['metric']} | {value} |")
+        lines.append("")
+    (folder / "README.md").write_text("\n".join(lines))

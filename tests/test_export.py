@@ -1,0 +1,107 @@
+"""`distill export`: folders that load without distill, with the same embeddings and scores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.cli import main
+from distill.export import PROBES, ExportError
+from distill.export import main as export
+from students import BiEncoder
+
+
+@pytest.fixture(scope="module")
+def exported(student_ckpt: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(student_ckpt, str(tmp_path_factory.mktemp("export") / "student"), onnx=True, int8=True)
+
+
+def test_student_folder_loads_with_transformers_and_sentence_transformers(exported: Path, student_ckpt: str):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    from distill.checkpoints import load_model
+
+    _, student, _ = load_model(student_ckpt)
+    reference = student.encode(PROBES)
+    AutoModel.from_pretrained(exported), AutoTokenizer.from_pretrained(exported)
+    st = SentenceTransformer(str(exported), device="cpu")
+    got = st.encode(PROBES, convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(reference, got).min() >= 0.9999
+    assert st.similarity_fn_name == "cosine" and st.max_seq_length == student.config["max_seq_length"]
+    assert BiEncoder.from_pretrained(exported).encode(PROBES).allclose(reference, atol=1e-5)
+
+
+def test_dse_head_loads_with_torch_only(exported: Path, student_ckpt: str):
+    from distill.checkpoints import load_model
+
+    _, student, _ = load_model(student_ckpt)
+    u, v = student.encode(PROBES[:3]), student.encode(PROBES[3:])
+    # the documented loader, run in a fresh interpreter from the folder itself: no distill import
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from dse_head import load_dse_head; "
+            "u, v = torch.load(sys.argv[2]); print(load_dse_head(sys.argv[1])(u, v).tolist())")
+    torch.save((u, v), exported.parent / "uv.pt")
+    out = subprocess.run([sys.executable, "-c", code, str(exported), str(exported.parent / "uv.pt")],
+                         capture_output=True, text=True, check=True, cwd="/")
+    with torch.no_grad():
+        assert np.allclose(json.loads(out.stdout), student.head(u, v).tolist(), atol=1e-6)
+
+
+def test_onnx_fp32_matches_torch_and_int8_is_reported(exported: Path, student_ckpt: str):
+    from distill.checkpoints import load_model
+    from distill.onnx_backend import INT8_FILE, ONNX_FILE, OnnxStudent
+
+    _, student, _ = load_model(student_ckpt)
+    config = json.loads((exported / "distill_student.json").read_text())
+    got = OnnxStudent(exported, ONNX_FILE, config).encode(PROBES)
+    assert (got - student.encode(PROBES)).abs().max() <= 1e-4
+    assert (exported / INT8_FILE).stat().st_size < (exported / ONNX_FILE).stat().st_size
+    checks = json.loads((exported / "export_report.json").read_text())["checks"]
+    assert abs(checks["int8_spearman_delta"]) < 1 and checks["onnx_max_abs_diff"] <= 1e-4
+    card = (exported / "README.md").read_text()
+    assert "library_name: sentence-transformers" in card and "int8_spearman_delta" in card
+
+
+def test_teacher_exports_as_a_sentence_transformers_cross_encoder(teacher_ckpt: str, tmp_path: Path):
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.checkpoints import load_model
+
+    folder = export(teacher_ckpt, str(tmp_path / "teacher"), onnx=True)
+    _, teacher, _ = load_model(teacher_ckpt)
+    pairs = [("a man plays guitar.", "a woman plays piano."), ("the dog runs.", "the dog runs.")]
+    enc = teacher.model.config and __import__("transformers").AutoTokenizer.from_pretrained(folder)(
+        [a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.sigmoid(teacher.model(**enc).logits.squeeze(-1)).numpy()
+    assert np.allclose(CrossEncoder(str(folder), device="cpu").predict(pairs), expected, atol=1e-5)
+    AutoModelForSequenceClassification.from_pretrained(folder)
+
+
+def test_existing_target_is_refused_unless_overwrite(exported: Path, student_ckpt: str, capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", student_ckpt, "--out", str(exported)])
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_failed_parity_leaves_nothing_behind(student_ckpt: str, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("distill.export.ONNX_TOLERANCE", -1.0)  # any difference fails
+    with pytest.raises(ExportError, match="ONNX embeddings differ"):
+        export(student_ckpt, str(tmp_path / "student"), onnx=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, capsys):
+    bad = tmp_path / "x.ckpt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(bad), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a Lightning checkpoint" in err
