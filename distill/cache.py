@@ -99,18 +99,34 @@ class ScoreCache:
 
     def join(self, rows: Dataset) -> Dataset:
         """Add a `score` column to `rows`, looked up by `pivot_id` where present, else by `pair_id`."""
-        key = "pivot_id" if "pivot_id" in rows.column_names else "pair_id"
-        scores = self.scores()
-        ids = rows[key]
-        missing = [pid for pid in ids if pid not in scores]
-        if missing:
-            data = self.manifest["data"]
-            raise CacheError(
-                f"{self.directory}: {len(missing)} of {len(ids)} training pairs have no teacher score (first "
-                f"{key} {missing[0]!r}); the cache was made for data {data['source']} split {data['split']} "
-                f"(data.fingerprint {data['fingerprint'][:12]}). Re-run `distill cache` on this data"
-            )
-        return rows.add_column("score", [scores[pid] for pid in ids])
+        return join_caches([self], rows)
+
+
+def join_caches(caches: list[ScoreCache], rows: Dataset) -> Dataset:
+    """Add a `score` column from one or several caches (e.g. gold pairs' and mined silver pairs' caches).
+
+    Raises:
+        CacheError: some rows have a score in none of the caches; names the first, each cache's data and the fix.
+    """
+    key = "pivot_id" if "pivot_id" in rows.column_names else "pair_id"
+    scores: dict[str, Any] = {}
+    for cache in caches:
+        scores.update(cache.scores())
+    ids = rows[key]
+    missing = [i for i, pid in enumerate(ids) if pid not in scores]
+    if missing:
+        made_for = "; ".join(f"{c.directory} was made for {d['source']} split {d['split']} "
+                             f"(data.fingerprint {d['fingerprint'][:12]})" for c in caches
+                             for d in [c.manifest['data']])
+        first = missing[0]
+        texts = f" ({rows[first]['text_a'][:40]!r} / {rows[first]['text_b'][:40]!r})" if "text_b" in rows.column_names \
+            else ""
+        raise CacheError(
+            f"{len(missing)} of {len(ids)} training pairs have no teacher score (first {key} {ids[first]!r}{texts}); "
+            f"{made_for}. Re-run `distill cache` on this data (mined pairs: `distill cache --data.init_args.train "
+            f"<mined file> --out <dir>`) and list every cache in data.init_args.cache_dir"
+        )
+    return rows.add_column("score", [scores[pid] for pid in ids])
 
 
 class ShardBatchSampler(Sampler[list[int]]):

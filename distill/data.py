@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
+from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer
 
@@ -101,10 +102,12 @@ def read_pairs(
     label_column: str | None = "label",
     id_column: str | None = None,
     label_range: tuple[float, float] | None = None,
+    keep_columns: tuple[str, ...] = (),
 ) -> tuple[Dataset, tuple[float, float] | None]:
     """Read and validate a pair file (or a bundled split such as `stsb/train`).
 
-    Returns the rows as a `Dataset` (`pair_id, text_a, text_b[, label, gold]`) and the label range.
+    Returns the rows as a `Dataset` (`pair_id, text_a, text_b[, label, gold]`, plus `keep_columns` as strings,
+    e.g. the `group` of grouped data) and the label range.
 
     Raises:
         DataError: a missing column, an empty text, a non-numeric or out-of-range label, or a duplicate
@@ -123,7 +126,7 @@ def read_pairs(
             columns["label"] = label_column  # a named label column must exist; the default may be absent
         if id_column:
             columns["pair_id"] = id_column
-    missing = [c for c in columns.values() if c not in frame.columns]
+    missing = [c for c in [*columns.values(), *keep_columns] if c not in frame.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {missing}; the file has {list(frame.columns)}. "
@@ -147,7 +150,7 @@ def read_pairs(
     ids = ([str(x) for x in frame[columns["pair_id"]]] if "pair_id" in columns
            else [make_pair_id(a, b) for a, b in zip(out["text_a"], out["text_b"])])
     _check_ids(ids, out["text_a"], out["text_b"], path)
-    rows = {"pair_id": ids, **out}
+    rows = {"pair_id": ids, **out, **{c: [str(x) for x in frame[c]] for c in keep_columns}}
     if "label" in out:
         lo, hi = label_range  # type: ignore[misc]
         rows["gold"] = [(x - lo) / (hi - lo) for x in out["label"]]
@@ -232,6 +235,10 @@ def tokenizer_fingerprint(path: str) -> str:
 def tokenised_cache_file(rows: Dataset, spec: dict[str, Any], split: str) -> Path:
     """Where the tokenised rows live on disk: named by the data, the tokenizer and the tokenisation options."""
     options = {k: v for k, v in spec.items() if k != "tokenizer"}
+    # columns beyond the pair contract (e.g. a group) are stored in the file too: their values name it as well
+    extra = sorted(set(rows.column_names) - {"pair_id", "text_a", "text_b", "label", "gold"})
+    if extra:
+        options["extra"] = hashlib.sha256(json.dumps([list(rows[c]) for c in extra]).encode()).hexdigest()
     key = hashlib.sha256(f"{fingerprint(rows)}|{tokenizer_fingerprint(spec['tokenizer'])}|"
                          f"{json.dumps(options, sort_keys=True)}".encode()).hexdigest()[:24]
     return cache_root() / "tokenized" / f"{split}-{key}.arrow"
@@ -311,6 +318,24 @@ class LengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
 
+def concat_pairs(parts: list[Dataset], sources: Any) -> Dataset:
+    """Rows of several pair sources as one; a source without labels gets `label` and `gold` NaN (unknown)."""
+    if len(parts) == 1:
+        return parts[0]
+    labelled = any("gold" in p.column_names for p in parts)
+    filled = []
+    for part in parts:
+        if labelled and "gold" not in part.column_names:
+            nan = [float("nan")] * len(part)
+            part = part.add_column("label", nan).add_column("gold", nan)
+        filled.append(part)
+    columns = [set(p.column_names) for p in filled]
+    if any(c != columns[0] for c in columns):
+        raise DataError(f"data sources {sources} have different columns {[sorted(c) for c in columns]}; give every "
+                        f"source the same columns (or train on them apart)")
+    return concatenate_datasets([p.select_columns(filled[0].column_names) for p in filled])
+
+
 class PairDataModule(pl.LightningDataModule):
     """Pairs for teachers (tokenised jointly) and students (each side apart), with cached teacher scores.
 
@@ -318,7 +343,9 @@ class PairDataModule(pl.LightningDataModule):
     tokenises exactly as the model does: the backbone is given once, in the model.
 
     Args:
-        train: a pair file (csv/tsv/jsonl/parquet) or a bundled split such as `stsb/train`.
+        train: a pair file (csv/tsv/jsonl/parquet) or a bundled split such as `stsb/train`; a list concatenates
+            several (e.g. `[stsb/train, runs/silver/pairs.parquet]`: rows without a label get gold NaN, which
+            gold objectives leave out).
         val: pairs for validation and checkpoint selection (never a test split).
         test: pairs for `distill test`.
         predict: pairs (teacher) or texts (student, column `text_a_column` or `text`) for `distill predict`.
@@ -327,7 +354,8 @@ class PairDataModule(pl.LightningDataModule):
         label_column: column of gold labels (optional in the file).
         id_column: column of user-supplied pair ids; by default ids hash the texts in order.
         label_range: the declared range of gold labels, mapped to [0, 1] (bundled STS-B: [0, 5]).
-        cache_dir: a score cache (`distill cache --out`) holding teacher scores for the train pairs.
+        cache_dir: a score cache (`distill cache --out`) holding teacher scores for the train pairs, or a list
+            of caches whose scores are merged (e.g. one for the gold pairs, one for mined pairs).
         batch_size: training batch size.
         eval_batch_size: batch size for validation, test and predict.
         max_pairs: use only the first N pairs of each split (smoke runs).
@@ -338,7 +366,7 @@ class PairDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train: str | None = None,
+        train: str | list[str] | None = None,
         val: str | None = None,
         test: str | None = None,
         predict: str | None = None,
@@ -347,7 +375,7 @@ class PairDataModule(pl.LightningDataModule):
         label_column: str | None = "label",
         id_column: str | None = None,
         label_range: tuple[float, float] | None = None,
-        cache_dir: str | None = None,
+        cache_dir: str | list[str] | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         max_pairs: int | None = None,
@@ -365,18 +393,27 @@ class PairDataModule(pl.LightningDataModule):
         """Validated, untokenised rows of a split (`train`, `val`, `test`, `predict`); `texts` reads single
         texts (a student's predict input) instead of pairs."""
         source = self.sources[split]
-        if source is None:
+        if source is None or source == []:
             raise DataError(f"no {split} data configured: set data.init_args.{split}")
         hp = self.hparams
         if texts:
             rows = read_texts(source, text_column=hp.text_a_column, id_column=hp.id_column)
         else:
-            rows, label_range = read_pairs(source, hp.text_a_column, hp.text_b_column, hp.label_column,
-                                           hp.id_column, tuple(hp.label_range) if hp.label_range else None)
-            self.label_ranges[split] = label_range
+            parts, ranges = [], []
+            for one in [source] if isinstance(source, str) else source:
+                part, label_range = read_pairs(one, hp.text_a_column, hp.text_b_column, hp.label_column,
+                                               hp.id_column, tuple(hp.label_range) if hp.label_range else None,
+                                               keep_columns=self._keep_columns(split))
+                parts.append(part)
+                ranges.append(label_range)
+            rows = concat_pairs(parts, source)
+            self.label_ranges[split] = next((r for r in ranges if r is not None), None)
         if hp.max_pairs is not None:
             rows = rows.select(range(min(hp.max_pairs, len(rows))))
         return rows
+
+    def _keep_columns(self, split: str) -> tuple[str, ...]:
+        return ()
 
     def _tokenization(self) -> dict[str, Any]:
         model = self.trainer.lightning_module if self.trainer is not None else None
@@ -398,10 +435,13 @@ class PairDataModule(pl.LightningDataModule):
         """Tokenised rows of a split, with teacher scores joined in for a student's train split."""
         rows, spec = self._tokenised(split)
         _warn_truncated(rows, spec["max_length"], f"{self.sources[split]} ({split})")
-        if split == "train" and self.hparams.cache_dir is not None:
-            from distill.cache import ScoreCache  # the cache module reads data; import here to avoid a cycle
+        cache_dir = self.hparams.cache_dir
+        if split == "train" and cache_dir:
+            # the cache module reads data; import here to avoid a cycle
+            from distill.cache import ScoreCache, join_caches
 
-            rows = ScoreCache(self.hparams.cache_dir).join(rows)
+            rows = join_caches([ScoreCache(d) for d in ([cache_dir] if isinstance(cache_dir, str) else cache_dir)],
+                               rows)
         return rows
 
     def _wanted(self, stage: str) -> tuple[str, ...]:
@@ -444,3 +484,132 @@ class PairDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)
 
+
+
+class GroupCollator:
+    """Pads a batch of groups: the query and every candidate share one width (one forward pass).
+
+    Output: `q_input_ids`, `q_attention_mask` (batch, width); `c_input_ids`, `c_attention_mask`
+    (batch * n_candidates, width), group-major (candidate j of group i at row i * n + j); `score`
+    (batch, n_candidates) where the train split has a cache.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        queries = [r["q_input_ids"] for r in rows]
+        candidates = [c for r in rows for c in r["c_input_ids"]]
+        width = max(len(x) for x in queries + candidates)
+
+        def pad(seqs: list[list[int]], value: int) -> Tensor:
+            return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
+
+        batch: dict[str, Any] = {
+            "pair_id": [r["pair_id"] for r in rows],
+            "q_input_ids": pad(queries, self.pad_token_id),
+            "q_attention_mask": pad([[1] * len(q) for q in queries], 0),
+            "c_input_ids": pad(candidates, self.pad_token_id),
+            "c_attention_mask": pad([[1] * len(c) for c in candidates], 0),
+        }
+        if "score" in rows[0]:
+            batch["score"] = torch.tensor([r["score"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+def make_groups(rows: Dataset, n_candidates: int, group_column: str, source: Any) -> Dataset:
+    """Tokenised pair rows (query = text_a, candidate = text_b) -> one row per group of `n_candidates`.
+
+    Rows of a group keep their file order and the first is the positive; extra candidates beyond
+    `n_candidates` are dropped (the hardest come first in `distill mine` output).
+
+    Raises:
+        DataError: a group with fewer candidates, or with two different queries.
+    """
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(rows[group_column]):
+        members.setdefault(g, []).append(i)
+    short = [(g, len(ix)) for g, ix in members.items() if len(ix) < n_candidates]
+    if short:
+        g, n = short[0]
+        raise DataError(f"{source}: {len(short)} of {len(members)} groups have fewer than 1 + n_negatives = "
+                        f"{n_candidates} candidates (group {g!r} has {n}); lower data.init_args.n_negatives to "
+                        f"{min(n for _, n in short) - 1} or mine more with `distill mine --n_negatives`")
+    text_a, a_ids, b_ids = rows["text_a"], rows["a_input_ids"], rows["b_input_ids"]
+    scores = rows["score"] if "score" in rows.column_names else None
+    out: dict[str, list] = {"pair_id": [], "q_input_ids": [], "c_input_ids": []}
+    if scores is not None:
+        out["score"] = []
+    for g, ix in members.items():
+        ix = ix[:n_candidates]
+        if len({normalise(text_a[i]) for i in ix}) != 1:
+            raise DataError(f"{source}: group {g!r} has rows with different text_a (queries); a group is one query "
+                            f"with its candidates: fix the file or data.init_args.group_column")
+        out["pair_id"].append(g)
+        out["q_input_ids"].append(a_ids[ix[0]])
+        out["c_input_ids"].append([b_ids[i] for i in ix])
+        if scores is not None:
+            out["score"].append([scores[i] for i in ix])
+    return Dataset.from_dict(out)
+
+
+class GroupDataModule(PairDataModule):
+    """Grouped training data: (query, positive, k negatives) with each candidate's teacher score.
+
+    The train file is a pair file with a group column (`distill mine --mode groups` writes one): rows of a
+    group share `text_a` (the query), the first row's `text_b` is the positive, the next ones negatives. The
+    cache scores it like any pair file (`distill cache`), so each candidate's teacher score is joined by
+    `pair_id`. For MarginMSE, ListwiseKL and InfoNCE with hard negatives. Validation and test stay pairs.
+
+    Args:
+        group_column: the column that names each row's group.
+        n_negatives: negatives per group (k); every group must bring at least 1 + k candidates.
+        (the rest): as `PairDataModule`.
+    """
+
+    def __init__(
+        self,
+        train: str | list[str] | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        predict: str | None = None,
+        group_column: str = "group",
+        n_negatives: int = 3,
+        text_a_column: str = "text_a",
+        text_b_column: str = "text_b",
+        label_column: str | None = "label",
+        id_column: str | None = None,
+        label_range: tuple[float, float] | None = None,
+        cache_dir: str | list[str] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        max_pairs: int | None = None,
+        group_by_length: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        if n_negatives < 0:
+            raise DataError(f"data.init_args.n_negatives is {n_negatives}; expected >= 0")
+        super().__init__(train, val, test, predict, text_a_column, text_b_column, label_column, id_column,
+                         label_range, cache_dir, batch_size, eval_batch_size, max_pairs, group_by_length, seed,
+                         num_workers)
+
+    def _keep_columns(self, split: str) -> tuple[str, ...]:
+        return (self.hparams.group_column,) if split == "train" else ()
+
+    def build(self, split: str) -> Dataset:
+        rows = super().build(split)
+        if split != "train":
+            return rows
+        return make_groups(rows, 1 + self.hparams.n_negatives, self.hparams.group_column, self.sources["train"])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split != "train":
+            return super()._loader(split, shuffle)
+        dataset = self.datasets[split]
+        collate = GroupCollator(load_tokenizer(self._tokenization()["tokenizer"]).pad_token_id or 0)
+        lengths = [len(x) for x in dataset["q_input_ids"]]
+        window = self.hparams.batch_size * 32 if self.hparams.group_by_length else 1
+        return ResumableLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=collate,
+                               num_workers=self.hparams.num_workers, datamodule=self,
+                               sampler=LengthGroupedSampler(lengths, window=window, seed=self.hparams.seed))

@@ -1,4 +1,10 @@
-"""DistillModule: a bi-encoder student trained on cached teacher scores and gold labels by named objectives."""
+"""DistillModule: a bi-encoder student trained on cached teacher scores and gold labels by named objectives.
+
+Two batch layouts reach `training_step`: pairs (`a_*`, `b_*`: `PairDataModule`) and groups (`q_*`, `c_*`: a
+query and its 1 + k candidates, `GroupDataModule`). Each objective says what it consumes (`inputs`):
+`pair_scores` (the student's score per pair, or per (query, candidate) in a group), `group_scores` (a
+(batch, 1 + k) score matrix: groups only) or `embeddings` (query, positive, negatives).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from torch import Tensor, nn
 
 from distill.evaluation import SpearmanByMode
 from distill.losses import ScoreRegression
+from distill.losses.score_regression import check_weight
 from students import BiEncoder
 from teachers.cross_encoder import adamw_with_warmup
 
@@ -27,6 +34,8 @@ class DistillModule(pl.LightningModule):
         head_lr: peak learning rate of the DSE head (randomly initialised, so it needs a larger one).
         weight_decay: AdamW weight decay (not on biases and norms).
         warmup_ratio: share of optimiser steps spent warming up, then linear decay to 0.
+        gradient_checkpointing: recompute the encoder's activations in the backward pass (less memory for
+            long sequences or big batches, ~30% more compute).
     """
 
     def __init__(
@@ -37,6 +46,7 @@ class DistillModule(pl.LightningModule):
         head_lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "objectives"] if not _under_cli(self) else None)
@@ -45,32 +55,88 @@ class DistillModule(pl.LightningModule):
             raise ValueError("model.init_args.objectives is empty; name at least one objective, or leave it unset "
                              "for gold-label regression")
         self.objectives = nn.ModuleDict(objectives or {"gold_mse": ScoreRegression(target="gold")})
+        for name, objective in self.objectives.items():
+            if getattr(objective, "inputs", None) not in ("pair_scores", "group_scores", "embeddings"):
+                raise ValueError(f"model.init_args.objectives.{name} is a {type(objective).__name__}, not a "
+                                 f"distill objective; use a class from distill.losses")
+            check_weight(objective.weight)
         if all(o.weight == 0 for o in self.objectives.values()):
             raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
         self.val_metrics = SpearmanByMode(student.modes)
         self.test_metrics = SpearmanByMode(student.modes)
         # the scoring mode used for `{split}/spearman`: chosen on validation data, saved in checkpoints
         self.selected_mode = "cosine"
+        if gradient_checkpointing:
+            # non-reentrant: works with inputs that need no grad and under DDP (torch's recommended form);
+            # transformers 5 renamed the switch, older releases only have gradient_checkpointing_enable
+            encoder = student.encoder
+            if hasattr(encoder, "activation_checkpointing_enable"):
+                encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def setup(self, stage: str) -> None:
+        # fail before the first step (and before any epoch of work) when an objective's inputs cannot come
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage != "fit" or data is None:
+            return
+        grouped = hasattr(data.hparams, "n_negatives")
+        for name, objective in self.objectives.items():
+            if objective.weight == 0:
+                continue
+            if getattr(objective, "target", None) == "teacher" and not data.hparams.get("cache_dir"):
+                raise ValueError(f"objective {name!r} needs teacher scores: set data.init_args.cache_dir to a score "
+                                 f"cache (run `distill cache` first), or set "
+                                 f"model.init_args.objectives.{name}.init_args.weight=0")
+            if objective.inputs == "group_scores" and not grouped:
+                raise ValueError(f"objective {name!r} ({type(objective).__name__}) needs grouped data (a query with "
+                                 f"1 + k candidates): use data.class_path distill.data.GroupDataModule, or set "
+                                 f"model.init_args.objectives.{name}.init_args.weight=0")
 
     def tokenization(self) -> dict[str, Any]:
         return self.student.tokenization()
 
-    def _encode_pair(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _encode_pair(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:  # validation, test
         # both sides in one forward pass (the collator pads them to one width)
         ids = torch.cat([batch["a_input_ids"], batch["b_input_ids"]])
         mask = torch.cat([batch["a_attention_mask"], batch["b_attention_mask"]])
         u, v = self.student(ids, mask).chunk(2)  # (batch, dim) each
         return self.student.scores(u, v)  # mode -> (batch,)
 
+    def _encode_group(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        # the query and its candidates in one forward pass (the collator pads them to one width)
+        size = batch["q_input_ids"].shape[0]
+        emb = self.student(torch.cat([batch["q_input_ids"], batch["c_input_ids"]]),
+                           torch.cat([batch["q_attention_mask"], batch["c_attention_mask"]]))
+        query, candidates = emb[:size], emb[size:].view(size, -1, emb.shape[-1])  # (B, dim), (B, 1 + k, dim)
+        n = candidates.shape[1]
+        flat = self.student.scores(query.unsqueeze(1).expand(-1, n, -1).reshape(size * n, -1),
+                                   candidates.reshape(size * n, -1))
+        return query, candidates, {mode: s.view(size, n) for mode, s in flat.items()}  # mode -> (B, 1 + k)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        scores = self._encode_pair(batch)
+        grouped = "q_input_ids" in batch
+        if grouped:
+            query, candidates, scores = self._encode_group(batch)
+            positive, negatives = candidates[:, 0], candidates[:, 1:] if candidates.shape[1] > 1 else None
+        else:
+            ids = torch.cat([batch["a_input_ids"], batch["b_input_ids"]])
+            mask = torch.cat([batch["a_attention_mask"], batch["b_attention_mask"]])
+            query, positive = self.student(ids, mask).chunk(2)  # (batch, dim) each
+            negatives, scores = None, self.student.scores(query, positive)
         size = len(batch["pair_id"])
         total = torch.zeros((), device=self.device)
         for name, objective in self.objectives.items():
             if objective.weight == 0:
                 continue
-            targets = self._targets(batch, objective.target, name)
-            term = sum(objective(s, targets) for s in scores.values())
+            if objective.inputs == "embeddings":
+                term = objective(query, positive, negatives)
+            else:
+                if objective.inputs == "group_scores" and not grouped:
+                    raise ValueError(f"objective {name!r} needs grouped data: use data.class_path "
+                                     f"distill.data.GroupDataModule")
+                targets = self._targets(batch, objective.target, name)
+                term = sum(objective(s, targets) for s in scores.values())
             self.log(f"train/{name}", term, batch_size=size)
             total = total + objective.weight * term
         self.log("train/loss", total, prog_bar=True, batch_size=size)

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def check_weight(weight: float) -> float:
+    """A loss weight as float; a negative or non-numeric one is a one-line error naming the fix."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or math.isnan(weight) or weight < 0 \
+            or math.isinf(weight):
+        raise ValueError(f"objective weight is {weight!r}; expected a finite number >= 0: fix "
+                         f"model.init_args.objectives.<name>.init_args.weight")
+    return float(weight)
 
 
 class ScoreRegression(nn.Module):
@@ -17,23 +27,32 @@ class ScoreRegression(nn.Module):
     the cosine (regressed directly onto the [0, 1] target, as sentence-transformers' CosineSimilarityLoss)
     and, with a DSE head, the head's score.
 
-    Shapes: scores, targets (batch,).
+    Targets that are not finite (NaN: a silver pair mined without a gold label) are left out of the mean, so
+    gold and teacher terms can be combined on a mix of labelled and unlabelled pairs; a batch with no finite
+    target contributes 0.
+
+    Shapes: scores, targets (batch,) or (batch, n_candidates) on grouped data.
 
     Args:
         weight: multiplier of this term in the total loss (>= 0; 0 switches the term off).
         target: `teacher` (cached teacher scores) or `gold` (labels).
     """
 
+    inputs = "pair_scores"
+
     def __init__(self, weight: float = 1.0, target: str = "teacher") -> None:
         super().__init__()
-        if not isinstance(weight, (int, float)) or math.isnan(weight) or weight < 0:
-            raise ValueError(f"objective weight is {weight!r}; expected a number >= 0")
+        self.weight = check_weight(weight)
         if target not in ("teacher", "gold"):
             raise ValueError(f"objective target is {target!r}; expected 'teacher' or 'gold'")
-        self.weight = float(weight)
         self.target = target
 
     def forward(self, scores: Tensor, targets: Tensor) -> Tensor:
         if scores.shape != targets.shape:
             raise ValueError(f"scores have shape {tuple(scores.shape)}, targets {tuple(targets.shape)}; expected equal")
-        return F.mse_loss(scores, targets)
+        known = torch.isfinite(targets)
+        if bool(known.all()):
+            return F.mse_loss(scores, targets.to(scores.dtype))
+        if not bool(known.any()):
+            return scores.sum() * 0.0  # keeps the graph (DDP expects every parameter to get a gradient)
+        return F.mse_loss(scores[known], targets[known].to(scores.dtype))
