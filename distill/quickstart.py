@@ -1,7 +1,8 @@
 """`distill quickstart`: the whole pipeline on bundled STS-B with offline MiniLM weights.
 
 teacher fit (dev selection) -> teacher test -> cache train scores -> student zero-shot -> gold-only control
--> distilled students for each teacher weight -> the one best on dev -> test -> report.json + report.md.
+-> distilled students for each teacher weight -> the one best on dev -> test -> export of that student
+(sentence-transformers folder, ONNX, int8) -> a small speed-versus-accuracy bench -> report.json + report.md.
 Every stage runs the same verbs and configs a user runs (`configs/teacher/quickstart.yaml`, ...).
 """
 
@@ -131,6 +132,25 @@ def main(
         checkpoint=runs[best]["checkpoint"],
     )
     stage("student_test")
+
+    # 5. ship it: the selected student as a sentence-transformers folder with ONNX fp32 and int8
+    export_dir = root / "export" / "student"
+    _cli(["export", "--ckpt", runs[best]["checkpoint"], "--out", str(export_dir), "--onnx", "true", "--int8", "true",
+          "--overwrite", "true"])
+    report["student"]["export"] = str(export_dir)
+    stage("export")
+
+    # 6. what it buys: teacher vs student, both regimes, with sentence-transformers baselines on the same weights
+    small = (["--max_pairs", "60", "--n_candidates", "[10, 100]", "--queries", "2", "--repeats", "2",
+              "--chunk_pairs", "30"] if smoke else [])
+    bench = _cli(["bench", "--config", str(CONFIGS / "bench/quickstart.yaml"), "--teacher", teacher_ckpt,
+                  "--students", f"[{export_dir}]", "--out", str(root / "bench"), *small])
+    report["bench"] = {"report": str(root / "bench" / "report.json"),
+                       "ratios": {q["name"]: {k: q[k] for k in ("median", "spread", "verdict")} | (
+                           {"recall_at_10": q["recall_at_10"]} if "recall_at_10" in q else {}) | (
+                           {"spearman_delta": q["spearman_delta"]} if "spearman_delta" in q else {})
+                                  for q in bench["ratios"]}}
+    stage("bench")
     report["stages"] = stages
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
     report["machine"] = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -175,4 +195,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["stages"].items()]
     lines += [f"| **total** | {report['wall_time_s']} |", ""]
+    if report.get("bench"):
+        lines += ["## Speed (distill bench; full table in bench/report.md, plot in bench/pareto.png)", "",
+                  "| ratio | median | spread | verdict |", "|---|---|---|---|"]
+        lines += [f"| {name} | {q['median']}× | {q['spread'][0]}–{q['spread'][1]} | {q['verdict']} |"
+                  for name, q in report["bench"]["ratios"].items()]
+        lines += ["", f"Exported student: `{report['student']['export']}`", ""]
     return "\n".join(lines)
