@@ -59,7 +59,11 @@ class DistillModule(pl.LightningModule):
             if getattr(objective, "inputs", None) not in ("pair_scores", "group_scores", "embeddings"):
                 raise ValueError(f"model.init_args.objectives.{name} is a {type(objective).__name__}, not a "
                                  f"distill objective; use a class from distill.losses")
-            check_weight(objective.weight)
+            try:
+                check_weight(objective.weight)
+            except ValueError:  # set after construction (e.g. by a sweep): name this objective's key
+                raise ValueError(f"model.init_args.objectives.{name}.init_args.weight is {objective.weight!r}; "
+                                 f"expected a finite number >= 0") from None
         if all(o.weight == 0 for o in self.objectives.values()):
             raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
         self.val_metrics = SpearmanByMode(student.modes)

@@ -59,9 +59,12 @@ def complete(cache: Path) -> bool:
     return manifest.is_file() and json.loads(manifest.read_text()).get("complete", False)
 
 
+EPOCHS: list[str] = []  # set from --epochs / --val_check_interval in main()
+
+
 def arm_args(arm: str, seed: int, out: Path, precision: str | None) -> list[str]:
     common = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--trainer.default_root_dir={out}",
-              f"--trainer.logger.init_args.save_dir={out}", *QUIET]
+              f"--trainer.logger.init_args.save_dir={out}", *EPOCHS, *QUIET]
     if precision:
         common.append(f"--trainer.precision={precision}")
     if arm == "gold_only":
@@ -142,7 +145,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=["gold_only", "spine", "silver"])
     parser.add_argument("--precision_check", action="store_true", help="also fit gold_only seed 0 in fp32")
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: the configs' 2)")
+    parser.add_argument("--val_check_interval", type=float, default=None, help="validate within epochs")
     args = parser.parse_args()
+    if args.epochs:
+        EPOCHS.append(f"--trainer.max_epochs={args.epochs}")
+    if args.val_check_interval:
+        EPOCHS.append(f"--trainer.val_check_interval={args.val_check_interval}")
+    # checkpoints are named by epoch: with validation inside an epoch, keep them apart by step
+    EPOCHS.append("--trainer.callbacks.init_args.filename=best-{epoch}-{step}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)  # the configs name runs/ relative to the repository
     path = OUT / "report.json"
@@ -150,6 +161,7 @@ def main() -> None:
     report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
                         f"torch {__import__('torch').__version__}"
     report["command"] = "nice -n 19 python scripts/silver_recipe.py " + " ".join(sys.argv[1:])
+    report["student_args"] = EPOCHS
 
     def stage(name: str, fn: Any) -> None:
         start = time.perf_counter()

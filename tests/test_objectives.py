@@ -97,7 +97,7 @@ def test_score_regression_leaves_out_rows_without_a_target():
 @pytest.mark.parametrize("weight", [-0.5, float("nan"), float("inf"), "x"])
 def test_bad_weights_are_one_line_errors_naming_the_key(cls, weight):
     """A negative or NaN weight would silently train away from the teacher, or turn every loss into NaN."""
-    with pytest.raises(ValueError, match=r"objective weight is .*model\.init_args\.objectives\.<name>\.init_args"):
+    with pytest.raises(ValueError, match=r"weight is .*model\.init_args\.objectives\.<name>\.init_args"):
         cls(weight=weight)
 
 

@@ -65,7 +65,7 @@ class InfoNCE(nn.Module):
     def __init__(self, weight: float = 1.0, scale: float = 20.0, symmetric: bool = False, gather: bool = True,
                  hard_negatives: bool = True) -> None:
         super().__init__()
-        self.weight = check_weight(weight)
+        self.weight = check_weight(weight, "InfoNCE")
         if not scale > 0:
             raise ValueError(f"InfoNCE scale is {scale!r}; expected a number > 0")
         self.scale, self.symmetric, self.gather, self.hard_negatives = float(scale), symmetric, gather, hard_negatives

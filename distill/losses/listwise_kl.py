@@ -31,7 +31,7 @@ class ListwiseKL(nn.Module):
 
     def __init__(self, weight: float = 1.0, temperature: float = 0.05, teacher_temperature: float = 0.1) -> None:
         super().__init__()
-        self.weight = check_weight(weight)
+        self.weight = check_weight(weight, "ListwiseKL")
         for name, value in (("temperature", temperature), ("teacher_temperature", teacher_temperature)):
             if not value > 0:
                 raise ValueError(f"ListwiseKL {name} is {value!r}; expected a number > 0")

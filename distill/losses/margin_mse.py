@@ -28,7 +28,7 @@ class MarginMSE(nn.Module):
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
-        self.weight = check_weight(weight)
+        self.weight = check_weight(weight, "MarginMSE")
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         if student.shape != teacher.shape or student.dim() != 2 or student.shape[1] < 2:

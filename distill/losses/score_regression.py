@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def check_weight(weight: float) -> float:
-    """A loss weight as float; a negative or non-numeric one is a one-line error naming the fix."""
+def check_weight(weight: float, owner: str = "objective") -> float:
+    """A loss weight as float; a negative or non-numeric one is a one-line error naming the key to fix."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or math.isnan(weight) or weight < 0 \
             or math.isinf(weight):
-        raise ValueError(f"objective weight is {weight!r}; expected a finite number >= 0: fix "
+        raise ValueError(f"{owner} weight is {weight!r}; expected a finite number >= 0: fix "
                          f"model.init_args.objectives.<name>.init_args.weight")
     return float(weight)
 
@@ -42,7 +42,7 @@ class ScoreRegression(nn.Module):
 
     def __init__(self, weight: float = 1.0, target: str = "teacher") -> None:
         super().__init__()
-        self.weight = check_weight(weight)
+        self.weight = check_weight(weight, "ScoreRegression")
         if target not in ("teacher", "gold"):
             raise ValueError(f"objective target is {target!r}; expected 'teacher' or 'gold'")
         self.target = target
