@@ -23,6 +23,7 @@ TOOLS = {
     "mine": "distill.mine:main",
     "bench": "distill.bench:main",
     "export": "distill.export:main",
+    "sweep": "distill.sweep:main",
     "quickstart": "distill.quickstart:main",
 }
 TRAINER_VERBS = {

@@ -116,19 +116,9 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
                    int8: bool = False) -> dict[str, Any]:
     """Write a `students.BiEncoder` as a sentence-transformers folder (+ DSE head, ONNX); returns the report."""
     st = _sentence_transformers()
-    from sentence_transformers.base.modules import Normalize, Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
     cfg = student.config
     student.save_pretrained(folder)  # encoder, tokenizer, distill_student.json, dse_head.safetensors
-    modules = [Transformer(str(folder), max_seq_length=cfg["max_seq_length"]),
-               Pooling(student.encoder.config.hidden_size, pooling_mode=cfg["pooling"])]
-    if cfg["normalize"]:
-        modules.append(Normalize())
-    prompts = {"default": cfg["prefix"]} if cfg["prefix"] else None
-    st.SentenceTransformer(modules=modules, device="cpu", prompts=prompts,
-                           default_prompt_name="default" if prompts else None,
-                           similarity_fn_name="cosine").save_pretrained(str(folder))
+    write_sentence_transformers_config(folder, cfg, student.encoder.config.hidden_size)
     config = {**cfg, "selected_mode": meta.get("selected_mode", "cosine")}
     (folder / "distill_student.json").write_text(json.dumps(config, indent=2))
     if student.head is not None:
@@ -152,6 +142,37 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     (folder / REPORT).write_text(json.dumps(report, indent=2))
     write_card(folder, report)
     return report
+
+
+def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: int) -> None:
+    """sentence-transformers' module files in the classic layout (`sentence_transformers.models.*`), which both
+    sentence-transformers 5 and 6 load; version 6's own save writes class paths that version 5 cannot import."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if cfg["normalize"]:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": cfg["max_seq_length"], "do_lower_case": False}, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": dim, "pooling_mode_cls_token": cfg["pooling"] == "cls",
+         "pooling_mode_mean_tokens": cfg["pooling"] == "mean", "pooling_mode_max_tokens": False,
+         "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True}, indent=2))
+    prefix = cfg.get("prefix") or ""
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"__version__": {"distill": _version()}, "prompts": {"default": prefix} if prefix else {},
+         "default_prompt_name": "default" if prefix else None, "similarity_fn_name": "cosine"}, indent=2))
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("distill")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _student_onnx(student: Any, folder: Path, reference: torch.Tensor, int8: bool) -> dict[str, Any]:

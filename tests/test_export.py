@@ -105,3 +105,17 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, capsys):
         main(["export", "--ckpt", str(bad), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a Lightning checkpoint" in err
+
+
+def test_prefix_and_cls_pooling_reach_sentence_transformers(tiny_backbone: str, tmp_path: Path):
+    """A model-specific prefix (e5's "query: ") and CLS pooling are applied by SentenceTransformer on its own."""
+    from sentence_transformers import SentenceTransformer
+
+    from distill.export import export_student
+
+    student = BiEncoder(tiny_backbone, pooling="cls", normalize=False, prefix="query: ").eval()
+    export_student(student, tmp_path / "s", {"selected_mode": "cosine"})
+    got = SentenceTransformer(str(tmp_path / "s"), device="cpu").encode(PROBES, convert_to_tensor=True)
+    assert torch.allclose(got, student.encode(PROBES), atol=1e-5)
+    without_prefix = BiEncoder(tiny_backbone, pooling="cls", normalize=False).eval().encode(PROBES)
+    assert not torch.allclose(got, without_prefix, atol=1e-3)  # the prefix did change the embeddings

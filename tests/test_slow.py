@@ -78,3 +78,36 @@ def test_student_moves_toward_teacher_on_real_weights(real_setup, lr):
         assert after - before >= 0.05, (before, after)
     else:
         assert abs(after - before) < 0.01, (before, after)
+
+
+@pytest.mark.slow
+def test_real_minilm_student_exports_for_production(tmp_path):
+    """A short fit of the real MiniLM student (gold labels, 200 pairs, with its DSE head), then `distill export
+    --onnx --int8`: sentence-transformers, ONNX fp32 and the DSE head loader agree with distill's student."""
+    import json
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from distill.checkpoints import load_model
+    from distill.export import PROBES
+    from distill.export import main as export
+    from distill.onnx_backend import ONNX_FILE, OnnxStudent
+
+    train = _slice(tmp_path / "s.csv", 0, 200)
+    with mock.patch("sys.argv", ["distill"]):
+        cli = run(["fit", "--config", str(ROOT / "configs/student/quickstart.yaml"), f"--data.init_args.train={train}",
+                   "--data.init_args.val=stsb/dev", "--data.init_args.max_pairs=200", "--data.init_args.cache_dir=null",
+                   "--data.init_args.label_range=[0,5]", "--model.init_args.objectives.teacher_mse.init_args.weight=0",
+                   *QUIET, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}"])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    folder = export(ckpt, str(tmp_path / "export"), onnx=True, int8=True)
+    _, student, _ = load_model(ckpt)
+    reference = student.encode(PROBES)
+    st = SentenceTransformer(str(folder), device="cpu").encode(PROBES, convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(st, reference).min() >= 0.9999
+    onnx = OnnxStudent(folder, ONNX_FILE, json.loads((folder / "distill_student.json").read_text())).encode(PROBES)
+    assert (onnx - reference).abs().max() <= 1e-4
+    checks = json.loads((folder / "export_report.json").read_text())["checks"]
+    print(f"real MiniLM export checks: {checks}")
+    assert abs(checks["int8_spearman_delta"]) <= 0.02  # on 500 STS-B dev pairs
