@@ -762,29 +762,34 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
     ns = sorted({r["n_candidates"] for r in rows if r["regime"] == "one-vs-n" and r["value"] is not None})
     if ns:
         panels.append(("one-vs-n", ns[-1], f"recall@10 of the teacher's top 10 (N={ns[-1]})", "queries/s"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 3, 4.8), squeeze=False)
+    # colour = who (distill or sentence-transformers, teacher or student), marker = backend, hollow = DSE head
     colours = {"teacher": "tab:red", "st-teacher": "tab:orange", "student": "tab:blue", "st-student": "tab:cyan"}
+    markers = {"torch-fp32": "o", "torch-bf16": "s", "onnx-fp32": "^", "onnx-int8": "D"}
+    handles: dict[str, Any] = {}
     for ax, (regime, n, ylabel, unit) in zip(axes[0], panels):
         pts = [r for r in rows if r["regime"] == regime and r["n_candidates"] == n and r["value"] is not None
                and r["throughput"]]
         for r in pts:
-            ax.scatter(r["throughput"], r["value"], color=colours.get(r["role"], "k"), s=40, zorder=3)
-            ax.annotate(f"{r['role']} {r['backend']}" + (f" {r['mode']}" if r["mode"] == "dse_head" else ""),
-                        (r["throughput"], r["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            label = f"{r['role']} {r['backend']}" + (" (DSE head)" if r["mode"] == "dse_head" else "")
+            colour = colours.get(r["role"], "k")
+            handles[label] = ax.scatter(r["throughput"], r["value"], s=55, zorder=3, marker=markers[r["backend"]],
+                                        facecolors="none" if r["mode"] == "dse_head" else colour,
+                                        edgecolors=colour, linewidths=1.5, label=label)
         front, best = [], -np.inf
         for r in sorted(pts, key=lambda r: (-r["throughput"], -r["value"])):
             if r["value"] > best:
                 front.append(r)
                 best = r["value"]
         if front:
-            ax.plot([r["throughput"] for r in front], [r["value"] for r in front], "--", color="grey",
-                    label="Pareto front", zorder=2)
-            ax.legend(loc="lower left", fontsize=8)
+            handles["Pareto front"] = ax.plot([r["throughput"] for r in front], [r["value"] for r in front], "--",
+                                              color="grey", zorder=2, label="Pareto front")[0]
         ax.set_xscale("log")
         ax.set_xlabel(f"throughput ({unit}, log scale)")
         ax.set_ylabel(ylabel)
         ax.set_title(regime if n is None else f"{regime}, N = {n}")
         ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / (6 * len(panels) + 3), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -90,6 +90,8 @@ def session(path: Path, threads: int | None = None) -> Any:
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # no busy-waiting between runs: a spinning pool of one session would steal the cores of the next model timed
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
