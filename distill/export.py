@@ -267,6 +267,7 @@ def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, 
     lines = ["---", f"library_name: {'sentence-transformers' if student else 'transformers'}",
              f"pipeline_tag: {'sentence-similarity' if student else 'text-ranking'}",
              "tags: [distill, sentence-transformers, " + ("bi-encoder" if student else "cross-encoder") + "]",
+             "license: apache-2.0  # that of the shipped backbones; check yours and your training data's",
              "---", "",
              f"# {'Distilled bi-encoder' if student else 'Cross-encoder teacher'} (distill)", ""]
     if student:
