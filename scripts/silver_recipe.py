@@ -60,6 +60,7 @@ def complete(cache: Path) -> bool:
 
 
 EPOCHS: list[str] = []  # set from --epochs / --val_check_interval in main()
+SILVER: dict[str, Path] = {"pairs": OUT / "pairs.parquet", "cache": TEACHER_CACHE / "silver"}  # --silver_pairs
 
 
 def arm_args(arm: str, seed: int, out: Path, precision: str | None) -> list[str]:
@@ -74,7 +75,9 @@ def arm_args(arm: str, seed: int, out: Path, precision: str | None) -> list[str]
     if arm == "spine":
         return ["--config", str(ROOT / "configs/student/quickstart.yaml"),
                 f"--data.init_args.cache_dir={TEACHER_CACHE / 'train'}", *common]
-    return ["--config", str(ROOT / "configs/student/silver.yaml"), *common]
+    return ["--config", str(ROOT / "configs/student/silver.yaml"), f"--data.init_args.train=[stsb/train, "
+            f"{SILVER['pairs']}]", f"--data.init_args.cache_dir=[{TEACHER_CACHE / 'train'}, {SILVER['cache']}]",
+            *common]
 
 
 def train_and_test(arm: str, seed: int, precision: str | None = None) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def train_and_test(arm: str, seed: int, precision: str | None = None) -> dict[st
     metrics = {k: round(float(v), 4) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
     return {"arm": arm, "seed": seed, "precision": precision or "bf16-mixed",
             "dev_spearman": round(float(cb.best_model_score), 4), "test_spearman": metrics["test/spearman"],
-            "test_metrics": metrics, "checkpoint": str(Path(cb.best_model_path).relative_to(ROOT)),
+            "test_metrics": metrics, "checkpoint": os.path.relpath(cb.best_model_path, ROOT),
             "fit_s": round(fit_s, 1), "train_pairs": len(fit.datamodule.datasets["train"])}
 
 
@@ -136,7 +139,9 @@ def write(report: dict[str, Any]) -> None:
             lines.append(f"- {r['arm']} seed {r['seed']}: {r['precision']} test {r['test_spearman']} "
                          f"(fit {r['fit_s']} s) vs bf16-mixed {twin and twin['test_spearman']} "
                          f"(fit {twin and twin['fit_s']} s)")
-    lines += ["", "Stages (s): " + json.dumps(report["stages"])]
+    lines += ["", f"Teacher: {report.get('teacher_checkpoint')}, STS-B test Spearman "
+                  f"{report.get('teacher_test_spearman', 'not measured yet')}.",
+              "", "Stages (s): " + json.dumps(report["stages"])]
     (OUT / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -147,6 +152,8 @@ def main() -> None:
     parser.add_argument("--precision_check", action="store_true", help="also fit gold_only seed 0 in fp32")
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: the configs' 2)")
     parser.add_argument("--val_check_interval", type=float, default=None, help="validate within epochs")
+    parser.add_argument("--silver_pairs", type=int, default=None,
+                        help="train on a seeded random subset of this many mined pairs (less teacher and fit time)")
     args = parser.parse_args()
     if args.epochs:
         EPOCHS.append(f"--trainer.max_epochs={args.epochs}")
@@ -172,22 +179,29 @@ def main() -> None:
     if best_teacher() is None:
         stage("teacher_fit", lambda: cli(["fit", "--config", "configs/teacher/strong.yaml", *QUIET]))
     teacher = best_teacher()
-    report["teacher_checkpoint"] = str(Path(teacher).relative_to(ROOT))
-    if "teacher_test_spearman" not in report:
-        def teacher_test() -> None:
-            done = cli(["test", "--config", "configs/teacher/strong.yaml", "--ckpt_path", teacher, *QUIET])
-            report["teacher_test_spearman"] = round(float(done.trainer.callback_metrics["test/spearman"]), 4)
-        stage("teacher_test", teacher_test)
+    report["teacher_checkpoint"] = os.path.relpath(teacher, ROOT)
     if not complete(TEACHER_CACHE / "train"):
         stage("cache_train", lambda: tool("cache", ["--config", "configs/cache/strong.yaml", "--ckpt_path", teacher]))
     if not (OUT / "pairs.parquet").is_file():
         stage("mine", lambda: tool("mine", ["--config", "configs/mine/silver.yaml"]))
-    if not complete(TEACHER_CACHE / "silver"):
-        stage("cache_silver", lambda: tool("cache", ["--config", "configs/cache/silver.yaml", "--ckpt_path", teacher]))
+    if args.silver_pairs:
+        import pandas as pd
+
+        SILVER.update(pairs=OUT / f"pairs-{args.silver_pairs}.parquet",
+                      cache=TEACHER_CACHE / f"silver-{args.silver_pairs}")
+        if not SILVER["pairs"].is_file():
+            mined = pd.read_parquet(OUT / "pairs.parquet")
+            mined.sample(n=min(args.silver_pairs, len(mined)), random_state=0).sort_index().to_parquet(
+                SILVER["pairs"], index=False)
+    report["silver_pairs_file"] = os.path.relpath(SILVER["pairs"], ROOT)
+    if not complete(SILVER["cache"]):
+        stage("cache_silver", lambda: tool("cache", ["--config", "configs/cache/silver.yaml", "--ckpt_path", teacher,
+                                                     "--data.init_args.train", str(SILVER["pairs"]),
+                                                     "--out", str(SILVER["cache"])]))
     done = {(r["arm"], r["seed"], r["precision"]) for r in report["runs"]}
     todo = [(arm, seed, None) for seed in args.seeds for arm in args.arms]
-    if args.precision_check:
-        todo.append(("gold_only", args.seeds[0], "32-true"))
+    if args.precision_check:  # right after the first seed, so a run cut short still has the comparison
+        todo.insert(len(args.arms), ("gold_only", args.seeds[0], "32-true"))
     for arm, seed, precision in todo:
         if (arm, seed, precision or "bf16-mixed") in done:
             continue
@@ -196,6 +210,11 @@ def main() -> None:
         print(f"silver recipe: {arm} seed {seed} {precision or ''}: dev {result['dev_spearman']} "
               f"test {result['test_spearman']} ({result['fit_s']} s)", flush=True)
         write(report)
+    if "teacher_test_spearman" not in report:  # last: the students' runs matter more when time is short
+        def teacher_test() -> None:
+            done = cli(["test", "--config", "configs/teacher/strong.yaml", "--ckpt_path", teacher, *QUIET])
+            report["teacher_test_spearman"] = round(float(done.trainer.callback_metrics["test/spearman"]), 4)
+        stage("teacher_test", teacher_test)
     print((OUT / "report.md").read_text())
 
 
