@@ -27,7 +27,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from distill import export as exporting
-from distill import onnx_backend
+from distill import onnx_backend, tracking
 from distill.checkpoints import CheckpointError, read_checkpoint
 
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
@@ -60,6 +60,7 @@ def main(
     teacher_max_n: int = 1000,
     tatoeba: list[str] | None = None,
     update_cards: bool = True,
+    wandb_run: str | None = None,
 ) -> dict[str, Any]:
     """Measure speed versus accuracy of a teacher and students (report.json, report.md, pareto.png).
 
@@ -84,6 +85,7 @@ def main(
         tatoeba: Tatoeba languages (ISO 639-3, e.g. deu) for bitext retrieval accuracy of the students (xx->en and
             en->xx, 1 vs the language's up to 1000 sentences).
         update_cards: add the measured figures to exported folders' model cards.
+        wandb_run: also log the tables and the Pareto plot to this W&B run (`entity/project/run_id`).
     """
     backends = list(backends or ["torch-fp32", "onnx-int8"])
     teacher_backends = list(teacher_backends or ["torch-fp32"])
@@ -126,6 +128,13 @@ def main(
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown(report))
     plot_pareto(rows, out_dir / "pareto.png")
+    if wandb_run:
+        with tracking.logging_to(wandb_run) as run:
+            tracking.log_table("bench/rows", rows, run=run)
+            tracking.log_table("bench/ratios", report["ratios"], run=run)
+            tracking.log_table("bench/tatoeba", tatoeba_rows, run=run)
+            if (out_dir / "pareto.png").is_file():
+                tracking.log_image("bench/pareto", out_dir / "pareto.png", run=run)
     if update_cards:
         for name, info in folders.items():
             own = [r for r in rows if r["model"] == name and r.get("throughput") is not None]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
-from distill import onnx_backend
+from distill import onnx_backend, tracking
 from distill.checkpoints import load_model
 
 REPORT = "export_report.json"
@@ -74,16 +74,21 @@ class ExportError(ValueError):
     """An export that cannot be written or fails its parity checks; the message names the file and the fix."""
 
 
-def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite: bool = False) -> Path:
+def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite: bool = False, runs: str = "runs",
+         wandb_run: str | None = None) -> Path:
     """Export a student or teacher checkpoint for production: sentence-transformers/transformers folder, ONNX, int8.
 
     Args:
-        ckpt: a checkpoint `distill fit` wrote (a student's or a teacher's; the kind is read from it).
+        ckpt: a checkpoint `distill fit` wrote (a student's or a teacher's; the kind is read from it), or a W&B
+            run (`entity/project/run_id`, or its id) or sweep (`entity/project/sweeps/<id>`: its best run).
         out: the folder to write.
         onnx: also write `onnx/model.onnx` (fp32), parity-checked against torch.
         int8: also write `onnx/model_qint8.onnx` (dynamic int8 quantisation; implies --onnx).
         overwrite: replace `out` if it exists.
+        runs: where W&B runs wrote their checkpoints (`trainer.logger.init_args.save_dir`).
+        wandb_run: log the exported folder as a W&B model artifact to this run (`entity/project/run_id`).
     """
+    ckpt = str(tracking.best_checkpoint(ckpt, root=runs))
     target = Path(out)
     if target.exists() and not overwrite:
         raise ExportError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
@@ -101,6 +106,9 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     print(f"distill export: {kind} -> {target}  " + "  ".join(f"{k}={v}" for k, v in report["checks"].items()))
+    if wandb_run:
+        with tracking.logging_to(wandb_run) as run:
+            tracking.log_artifact(target, f"{kind}-{target.name}", "model", run=run)
     return target
 
 
