@@ -141,3 +141,12 @@ def test_max_length_beyond_the_backbone_is_refused(tiny_backbone):
         CrossEncoder(backbone=tiny_backbone, max_length=256)
     with pytest.raises(ValueError, match="max_seq_length=200 exceeds"):
         BiEncoder(backbone=tiny_backbone, max_seq_length=200)
+
+
+def test_the_tiny_test_tokenizer_knows_its_words(tiny_backbone):
+    """Every fixture word has its own id: tests on tiny models see words, not only sentence lengths."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    ids = tok("a man plays guitar .", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and len(set(ids)) == 5
