@@ -38,6 +38,7 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *sorted(set(WORDS))]
     # transformers 5 ignores `vocab_file` here (every word would be [UNK]): pass the vocabulary itself
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")  # the classic file too (a test edits it)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=37, max_position_embeddings=128)
     import torch
