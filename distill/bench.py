@@ -692,10 +692,9 @@ def _meta(data: dict[str, Any], threads: int, repeats: int, batch_size: int, chu
           folders: dict[str, dict[str, Any]], base_rss: float, teacher_max_n: int) -> dict[str, Any]:
     import importlib.metadata as md
 
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+    from distill.quickstart import cpu_name
+
+    cpu = cpu_name()
     versions = {}
     for pkg in ("torch", "transformers", "onnxruntime", "sentence-transformers", "distill"):
         try:

@@ -79,8 +79,13 @@ def quantize_int8(source: Path, target: Path) -> None:
     require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "pre-process" advice
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    root = logging.getLogger()  # it logs its "run pre-processing first" advice on the root logger
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)  # leave the user's logging as it was
 
 
 def session(path: Path, threads: int | None = None) -> Any:

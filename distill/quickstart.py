@@ -153,7 +153,7 @@ def main(
     stage("bench")
     report["stages"] = stages
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
-    report["machine"] = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    report["machine"] = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                          "date": time.strftime("%Y-%m-%d")}
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.json").write_text(json.dumps(report, indent=2))
@@ -162,7 +162,8 @@ def main(
     return report
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (for reports)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():

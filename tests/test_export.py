@@ -119,3 +119,18 @@ def test_prefix_and_cls_pooling_reach_sentence_transformers(tiny_backbone: str, 
     assert torch.allclose(got, student.encode(PROBES), atol=1e-5)
     without_prefix = BiEncoder(tiny_backbone, pooling="cls", normalize=False).eval().encode(PROBES)
     assert not torch.allclose(got, without_prefix, atol=1e-3)  # the prefix did change the embeddings
+
+
+def test_int8_quantisation_leaves_the_users_logging_alone(exported: Path, tmp_path: Path):
+    import logging
+
+    from distill.onnx_backend import ONNX_FILE, quantize_int8
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        quantize_int8(exported / ONNX_FILE, tmp_path / "q.onnx")
+        assert root.level == logging.INFO and (tmp_path / "q.onnx").stat().st_size > 0
+    finally:
+        root.setLevel(before)
