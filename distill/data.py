@@ -288,9 +288,11 @@ class PairCollator:
         for key in sequences:
             pad = self.pad_token_id if key.endswith("input_ids") else 0
             batch[key] = torch.tensor([r[key] + [pad] * (width - len(r[key])) for r in rows])
-        for key in ("gold", "score", "label"):
+        for key in ("gold", "score", "label", "t_a", "t_b"):  # t_a, t_b: teacher embeddings (embedding KD)
             if key in rows[0]:
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
+        if "eval_set" in rows[0]:  # multilingual evaluation: the named set (language or xx-en) of each pair
+            batch["eval_set"] = [r["eval_set"] for r in rows]
         return batch
 
 

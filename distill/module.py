@@ -56,7 +56,8 @@ class DistillModule(pl.LightningModule):
                              "for gold-label regression")
         self.objectives = nn.ModuleDict(objectives or {"gold_mse": ScoreRegression(target="gold")})
         for name, objective in self.objectives.items():
-            if getattr(objective, "inputs", None) not in ("pair_scores", "group_scores", "embeddings"):
+            if getattr(objective, "inputs", None) not in ("pair_scores", "group_scores", "embeddings",
+                                                          "embedding_targets"):
                 raise ValueError(f"model.init_args.objectives.{name} is a {type(objective).__name__}, not a "
                                  f"distill objective; use a class from distill.losses")
             try:
@@ -68,6 +69,9 @@ class DistillModule(pl.LightningModule):
             raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
         self.val_metrics = SpearmanByMode(student.modes)
         self.test_metrics = SpearmanByMode(student.modes)
+        # multilingual data: split -> set name (`de`, `de-en`) -> metrics, made in setup from the datamodule
+        self.set_metrics = nn.ModuleDict({"val": nn.ModuleDict(), "test": nn.ModuleDict()})
+        self._memo: dict[tuple[int, ...], Tensor] = {}  # text (token ids) -> embedding, within one eval epoch
         # the scoring mode used for `{split}/spearman`: chosen on validation data, saved in checkpoints
         self.selected_mode = "cosine"
         if gradient_checkpointing:
@@ -82,6 +86,8 @@ class DistillModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # fail before the first step (and before any epoch of work) when an objective's inputs cannot come
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage in ("fit", "validate", "test") and data is not None and hasattr(data, "eval_sets"):
+            self._make_set_metrics(data)
         if stage != "fit" or data is None:
             return
         grouped = hasattr(data.hparams, "n_negatives")
@@ -92,10 +98,24 @@ class DistillModule(pl.LightningModule):
                 raise ValueError(f"objective {name!r} needs teacher scores: set data.init_args.cache_dir to a score "
                                  f"cache (run `distill cache` first), or set "
                                  f"model.init_args.objectives.{name}.init_args.weight=0")
+            if objective.inputs == "embedding_targets" and (grouped or not data.hparams.get("teacher_embeddings")):
+                raise ValueError(f"objective {name!r} ({type(objective).__name__}) needs teacher embeddings of the "
+                                 f"source sentences: use data.class_path distill.multilingual.MultilingualDataModule "
+                                 f"with data.init_args.teacher_embeddings set, or set "
+                                 f"model.init_args.objectives.{name}.init_args.weight=0")
             if objective.inputs == "group_scores" and not grouped:
                 raise ValueError(f"objective {name!r} ({type(objective).__name__}) needs grouped data (a query with "
                                  f"1 + k candidates): use data.class_path distill.data.GroupDataModule, or set "
                                  f"model.init_args.objectives.{name}.init_args.weight=0")
+
+
+    def _make_set_metrics(self, data: Any) -> None:
+        # one metric per named evaluation set (a language, or xx-en), made before any step so every DDP rank
+        # holds the same metrics (torchmetrics syncs them at compute)
+        for split in ("val", "test"):
+            names = data.eval_sets(split)
+            self.set_metrics[split] = nn.ModuleDict({n: SpearmanByMode(self.student.modes) for n in names})
+        self.set_metrics.to(self.device)
 
     def tokenization(self) -> dict[str, Any]:
         return self.student.tokenization()
@@ -104,8 +124,23 @@ class DistillModule(pl.LightningModule):
         # both sides in one forward pass (the collator pads them to one width)
         ids = torch.cat([batch["a_input_ids"], batch["b_input_ids"]])
         mask = torch.cat([batch["a_attention_mask"], batch["b_attention_mask"]])
-        u, v = self.student(ids, mask).chunk(2)  # (batch, dim) each
+        if "eval_set" in batch:
+            u, v = self._embed_memoised(ids, mask).chunk(2)
+        else:
+            u, v = self.student(ids, mask).chunk(2)  # (batch, dim) each
         return self.student.scores(u, v)  # mode -> (batch,)
+
+    def _embed_memoised(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Embeddings of evaluation texts, each distinct text encoded once per epoch: multilingual sets repeat
+        texts (`de-en` pairs German first sides with English second sides), which halves the test's cost."""
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+        todo = [i for i, k in enumerate(dict.fromkeys(keys)) if k not in self._memo]
+        unique = list(dict.fromkeys(keys))
+        if todo:
+            rows = [keys.index(unique[i]) for i in todo]
+            emb = self.student(ids[rows], mask[rows])
+            self._memo.update({unique[i]: e for i, e in zip(todo, emb)})
+        return torch.stack([self._memo[k] for k in keys])
 
     def _encode_group(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         # the query and its candidates in one forward pass (the collator pads them to one width)
@@ -135,6 +170,12 @@ class DistillModule(pl.LightningModule):
                 continue
             if objective.inputs == "embeddings":
                 term = objective(query, positive, negatives)
+            elif objective.inputs == "embedding_targets":
+                if "t_a" not in batch or grouped:
+                    raise ValueError(f"objective {name!r} needs teacher embeddings: set data.init_args."
+                                     f"teacher_embeddings (MultilingualDataModule), or set "
+                                     f"model.init_args.objectives.{name}.init_args.weight=0")
+                term = objective(torch.cat([query, positive]), torch.cat([batch["t_a"], batch["t_b"]]))
             else:
                 if objective.inputs == "group_scores" and not grouped:
                     raise ValueError(f"objective {name!r} needs grouped data: use data.class_path "
@@ -158,24 +199,54 @@ class DistillModule(pl.LightningModule):
             raise ValueError(f"{'objective ' if is_objective else ''}{name!r} needs {what}: {fix}{hint}")
         return batch[key]
 
+    def _update(self, split: str, batch: dict[str, Any]) -> None:
+        scores, gold = self._encode_pair(batch), self._targets(batch, "gold", "validation" if split == "val" else split)
+        sets = self.set_metrics[split]
+        if "eval_set" in batch and len(sets):
+            names = batch["eval_set"]
+            for name in dict.fromkeys(names):
+                keep = torch.tensor([n == name for n in names], device=gold.device)
+                sets[name].update({m: s[keep] for m, s in scores.items()}, gold[keep])
+        else:
+            (self.val_metrics if split == "val" else self.test_metrics).update(scores, gold)
+
+    def _compute(self, split: str) -> dict[str, Tensor]:
+        """Spearman per scoring mode; with named sets, logged per set and averaged over them (the mean is what
+        checkpoints are selected on: every language counts the same, whatever its size)."""
+        sets = self.set_metrics[split]
+        if not len(sets):
+            metrics = self.val_metrics if split == "val" else self.test_metrics
+            values = metrics.compute()
+            metrics.reset()
+            return values
+        self._memo.clear()
+        # a set no batch reached (the sanity check's few batches, `limit_val_batches`) has nothing to compute
+        per_set = {name: metric.compute() for name, metric in sets.items()
+                   if next(iter(metric.metrics.values())).update_count}
+        for name, values in per_set.items():
+            self.log_dict({f"{split}/spearman_{m}/{name}": v for m, v in values.items()})
+        for metric in sets.values():
+            metric.reset()
+        if not per_set:
+            return {m: torch.tensor(float("nan"), device=self.device) for m in self.student.modes}
+        return {m: torch.stack([v[m] for v in per_set.values()]).mean() for m in self.student.modes}
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_metrics.update(self._encode_pair(batch), self._targets(batch, "gold", "validation"))
+        self._update("val", batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_metrics.update(self._encode_pair(batch), self._targets(batch, "gold", "test"))
+        self._update("test", batch)
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
+        values = self._compute("val")
         self.selected_mode = max(values, key=lambda m: values[m].item())
         self.log_dict({f"val/spearman_{m}": v for m, v in values.items()})
         self.log("val/spearman", values[self.selected_mode], prog_bar=True)
-        self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
+        values = self._compute("test")
         self.log_dict({f"test/spearman_{m}": v for m, v in values.items()})
         self.log("test/spearman", values[self.selected_mode])
-        self.test_metrics.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Student embeddings of single texts, with their ids."""

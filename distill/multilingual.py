@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from datasets import Dataset
 
-from distill.data import DataError, make_pair_id
+from distill.data import DataError, PairDataModule, make_pair_id
 
 #: stsb_multi_mt languages (ISO 639-1)
 STSB_LANGUAGES = ("de", "en", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "zh")
@@ -116,3 +116,244 @@ def read_tatoeba(lang: str) -> tuple[list[str], list[str]]:
         raise DataError(f"tatoeba.{code}-eng: {len(xx)} {code} lines but {len(en)} English lines; the files must be "
                         f"line-aligned")
     return xx, en
+
+
+def _pair_row(text_a: str, text_b: str, label: float, lang_a: str, lang_b: str, pivot_id: str, src_a: str,
+              src_b: str, eval_set: str | None = None) -> dict[str, Any]:
+    row = {"pair_id": make_pair_id(text_a, text_b), "text_a": text_a, "text_b": text_b, "label": label,
+           "gold": (label - LABEL_RANGE[0]) / (LABEL_RANGE[1] - LABEL_RANGE[0]), "lang_a": lang_a, "lang_b": lang_b,
+           "pivot_id": pivot_id, "src_a": src_a, "src_b": src_b}
+    if eval_set is not None:
+        row["eval_set"] = eval_set
+    return row
+
+
+def pivot_pairs(languages: list[str], split: str = "train", mix_ratio: float = 0.5, max_source_pairs: int | None = None,
+                seed: int = 0) -> Dataset:
+    """Training pairs in `languages`, each pointing at the English pair the teacher scored (`pivot_id`).
+
+    For every English source pair i (the first `max_source_pairs`, in a seeded random order) and language xx:
+    the translated pair (a_xx, b_xx) — for `en`, the English pair itself — and, with probability `mix_ratio`, a
+    mixed pair with one side in English ((a_xx, b_en) or (a_en, b_xx), chosen at random), so the student also
+    learns to compare across languages. `src_a`/`src_b` are the English source sentences (the targets of
+    embedding-level distillation); `label`/`gold` are the English pair's gold score.
+
+    Raises:
+        DataError: an unknown language code, a mix ratio outside [0, 1], or misaligned translations.
+    """
+    check_languages(languages, "data.init_args.languages")
+    if not languages:
+        raise DataError("data.init_args.languages is empty; name at least one stsb_multi_mt language")
+    if not 0.0 <= mix_ratio <= 1.0:
+        raise DataError(f"data.init_args.mix_ratio is {mix_ratio}; expected a share in [0, 1]")
+    en = read_stsb_mt(PIVOT, split)
+    frames = {lang: en if lang == PIVOT else read_stsb_mt(lang, split) for lang in languages}
+    rng = random.Random(seed)
+    order = list(range(len(en)))
+    rng.shuffle(order)
+    order = sorted(order[:max_source_pairs] if max_source_pairs else order)
+    rows: list[dict[str, Any]] = []
+    for i in order:
+        a_en, b_en, label = en.text_a[i], en.text_b[i], float(en.label[i])
+        pivot = make_pair_id(a_en, b_en)
+        for lang in languages:
+            a, b = frames[lang].text_a[i], frames[lang].text_b[i]
+            rows.append(_pair_row(a, b, label, lang, lang, pivot, a_en, b_en))
+            if lang != PIVOT and rng.random() < mix_ratio:
+                if rng.random() < 0.5:
+                    rows.append(_pair_row(a, b_en, label, lang, PIVOT, pivot, a_en, b_en))
+                else:
+                    rows.append(_pair_row(a_en, b, label, PIVOT, lang, pivot, a_en, b_en))
+    return Dataset.from_list(rows)
+
+
+def eval_pairs(languages: list[str], cross: list[str], split: str, max_pairs: int | None = None,
+               seed: int = 0) -> Dataset:
+    """Evaluation pairs, one named set per language (`de`: s1 and s2 in German) and per cross-lingual pair
+    (`de-en`: s1 in German, s2 in English; DESIGN.md's key pattern), in column `eval_set`.
+
+    `max_pairs` keeps the same seeded random subset of source rows in every set (validation only: test sets are
+    always whole).
+    """
+    check_languages(languages, f"data.init_args.{'val' if split == 'dev' else split}_languages")
+    pairs = []
+    for code in cross:
+        first, _, second = code.partition("-")
+        if not second:
+            raise DataError(f"cross-lingual set {code!r} is not of the form xx-yy (e.g. de-en)")
+        check_languages([first, second], f"cross-lingual set {code!r}")
+        pairs.append((first, second))
+    en = read_stsb_mt(PIVOT, split)
+    order = list(range(len(en)))
+    if max_pairs and max_pairs < len(order):
+        rng = random.Random(seed)
+        order = sorted(rng.sample(order, max_pairs))
+    frames = {lang: read_stsb_mt(lang, split) for lang in {*languages, *(x for p in pairs for x in p)}}
+    rows = []
+    for name, (la, lb) in [*((lang, (lang, lang)) for lang in languages), *((f"{a}-{b}", (a, b)) for a, b in pairs)]:
+        for i in order:
+            pivot = make_pair_id(en.text_a[i], en.text_b[i])
+            rows.append(_pair_row(frames[la].text_a[i], frames[lb].text_b[i], float(en.label[i]), la, lb, pivot,
+                                  en.text_a[i], en.text_b[i], eval_set=name))
+    return Dataset.from_list(rows)
+
+
+def load_encoder(model: str, prefix: str = "") -> Any:
+    """A bi-encoder to embed with: a student checkpoint (.ckpt), a student or exported folder (its own prefix),
+    or a backbone short name / folder (with `prefix`, mean pooling, normalised)."""
+    from students import BiEncoder
+
+    path = Path(model)
+    if path.suffix == ".ckpt":
+        from distill.checkpoints import load_model
+
+        kind, encoder, _ = load_model(path)
+        if kind != "student":
+            raise DataError(f"{model} is a {kind} checkpoint; teacher embeddings need a bi-encoder (a student "
+                            f"checkpoint or folder, or a backbone)")
+        return encoder
+    if (path / "distill_student.json").is_file():
+        return BiEncoder.from_pretrained(path)
+    return BiEncoder(backbone=model, prefix=prefix)
+
+
+def _identity(model: str) -> str:
+    """What names a teacher's embeddings on disk: the path plus the size and time of its weight files."""
+    path = Path(model)
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) \
+        if path.is_dir() else []
+    return model + "|" + "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def teacher_embeddings(model: str, sentences: list[str], prefix: str = "", batch_size: int = 64) -> dict[str, Any]:
+    """Embeddings of unique `sentences` by a frozen teacher bi-encoder, computed once and kept on disk
+    (`DISTILL_HOME/embeddings/`, named by the teacher and the texts), as {sentence: vector (numpy)}."""
+    import hashlib
+
+    import torch
+
+    from distill.backbones import cache_root
+
+    unique = sorted(set(sentences))
+    key = hashlib.sha256(f"{_identity(model)}|{prefix}|".encode() + "\x1f".join(unique).encode()).hexdigest()[:24]
+    file = cache_root() / "embeddings" / f"{key}.pt"
+    if file.is_file():
+        vectors = torch.load(file)
+    else:
+        encoder = load_encoder(model, prefix)
+        print(f"teacher embeddings: encoding {len(unique)} source sentences with {model}", flush=True)
+        vectors = encoder.encode(unique, batch_size=batch_size)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".partial{__import__('os').getpid()}")
+        torch.save(vectors, tmp)
+        tmp.rename(file)  # atomic: DDP ranks racing here write the same content
+    return dict(zip(unique, vectors.numpy()))
+
+
+class MultilingualDataModule(PairDataModule):
+    """Cross-lingual pair-score distillation data from stsb_multi_mt (DESIGN.md: `lang_a`, `lang_b`, `pivot_id`).
+
+    Train: translated and mixed-language pairs in `languages` (`pivot_pairs`), whose teacher score is the
+    English pivot pair's score from `cache_dir` (one `distill cache` run over STS-B train serves every language).
+    With `teacher_embeddings`, each row also carries the frozen teacher bi-encoder's embeddings of the English
+    source sentences (`t_a`, `t_b`) for embedding-level distillation (`distill.losses.EmbeddingMSE`).
+    Validation: dev pairs per language and per `xx-en`, logged per set (`val/spearman_cosine/de`) and averaged
+    for checkpoint selection. Test: every `test_languages` and `test_cross` set, whole.
+
+    Args:
+        languages: training languages (ISO 639-1, stsb_multi_mt: de en es fr it ja nl pl pt ru zh).
+        mix_ratio: probability of adding a mixed-language pair beside each translated pair.
+        max_source_pairs: use this many English source pairs (seeded random subset; every language gets the
+            translations of the same ones).
+        val_languages: dev sets (default: the training languages).
+        val_cross: dev cross-lingual sets (default: `xx-en` for each non-English validation language).
+        max_val_pairs: dev pairs per set (seeded subset, same rows in every set).
+        test_languages: test sets (default: all 11).
+        test_cross: test cross-lingual sets (default: `xx-en` for the 10 non-English languages).
+        max_test_pairs: test pairs per set (smoke runs only; reported figures use whole test sets).
+        teacher_embeddings: a frozen bi-encoder for embedding-level KD: a student checkpoint or folder, or a
+            backbone (e.g. `multilingual-e5-small` with `teacher_embeddings_prefix: "query: "`).
+        teacher_embeddings_prefix: input prefix for a backbone given as `teacher_embeddings`.
+        cache_dir: the teacher's score cache over the English pivot pairs (STS-B train).
+        (the rest): as `PairDataModule`.
+    """
+
+    def __init__(
+        self,
+        languages: list[str] = ["en", "de", "es", "fr", "it", "nl", "pl", "pt"],  # noqa: B006 - jsonargparse default
+        mix_ratio: float = 0.5,
+        max_source_pairs: int | None = None,
+        val_languages: list[str] | None = None,
+        val_cross: list[str] | None = None,
+        max_val_pairs: int | None = 500,
+        test_languages: list[str] | None = None,
+        test_cross: list[str] | None = None,
+        max_test_pairs: int | None = None,
+        teacher_embeddings: str | None = None,
+        teacher_embeddings_prefix: str = "",
+        predict: str | None = None,
+        cache_dir: str | list[str] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        max_pairs: int | None = None,
+        group_by_length: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        check_languages(languages, "data.init_args.languages")
+        super().__init__(train="stsb_multi_mt/train", val="stsb_multi_mt/dev", test="stsb_multi_mt/test",
+                         predict=predict, label_range=LABEL_RANGE, cache_dir=cache_dir, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, max_pairs=max_pairs, group_by_length=group_by_length,
+                         seed=seed, num_workers=num_workers)
+        self.save_hyperparameters()
+        val_languages = check_languages(val_languages or languages, "data.init_args.val_languages")
+        test_languages = check_languages(test_languages or list(STSB_LANGUAGES), "data.init_args.test_languages")
+        self.eval_specs = {
+            "val": (val_languages, val_cross if val_cross is not None else
+                    [f"{x}-{PIVOT}" for x in val_languages if x != PIVOT]),
+            "test": (test_languages, test_cross if test_cross is not None else
+                     [f"{x}-{PIVOT}" for x in STSB_LANGUAGES if x != PIVOT]),
+        }
+        for split, (_, cross) in self.eval_specs.items():
+            for code in cross:
+                check_languages(code.split("-"), f"data.init_args.{split}_cross ({code!r})")
+
+    def eval_sets(self, split: str) -> list[str]:
+        """Names of the evaluation sets of `val` or `test` (languages, then `xx-en`), as logged."""
+        languages, cross = self.eval_specs[split]
+        return [*languages, *cross]
+
+    def rows(self, split: str, texts: bool = False) -> Dataset:
+        hp = self.hparams
+        if split == "predict":
+            return super().rows(split, texts)
+        self.label_ranges[split] = LABEL_RANGE
+        if split == "train":
+            rows = pivot_pairs(hp.languages, "train", hp.mix_ratio, hp.max_source_pairs, hp.seed)
+        else:
+            languages, cross = self.eval_specs[split]
+            rows = eval_pairs(languages, cross, "dev" if split == "val" else "test",
+                              hp.max_val_pairs if split == "val" else hp.max_test_pairs, hp.seed)
+        if hp.max_pairs is not None:
+            rows = rows.select(range(min(hp.max_pairs, len(rows))))
+        return rows
+
+    def _teacher_vectors(self, rows: Dataset) -> dict[str, Any]:
+        hp = self.hparams
+        return teacher_embeddings(hp.teacher_embeddings, list(rows["src_a"]) + list(rows["src_b"]),
+                                  hp.teacher_embeddings_prefix,
+                                  hp.eval_batch_size)
+
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        fn = getattr(self.trainer.state.fn, "value", self.trainer.state.fn) if self.trainer is not None else "fit"
+        if self.hparams.teacher_embeddings and fn == "fit":  # rank 0 computes; setup on every rank reads the file
+            self._teacher_vectors(self.rows("train"))
+
+    def build(self, split: str) -> Dataset:
+        rows = super().build(split)
+        if split == "train" and self.hparams.teacher_embeddings:
+            vectors = self._teacher_vectors(rows)
+            rows = rows.add_column("t_a", [vectors[t] for t in rows["src_a"]])
+            rows = rows.add_column("t_b", [vectors[t] for t in rows["src_b"]])
+        return rows

@@ -36,12 +36,22 @@ class ScoreRegression(nn.Module):
     Args:
         weight: multiplier of this term in the total loss (>= 0; 0 switches the term off).
         target: `teacher` (cached teacher scores) or `gold` (labels).
+        target_range: where the [0, 1] targets are mapped before the MSE (affinely). For a cosine-mode student
+            whose cosines live in a narrow band (multilingual-e5: unrelated sentences ~0.7), e.g. [0.7, 1.0]
+            asks for a ranking without dragging every cosine to [0, 1] — which fights embedding-level KD onto
+            the same model's vectors. Keep the default with a DSE head (its scores are on [0, 1]).
     """
 
     inputs = "pair_scores"
 
-    def __init__(self, weight: float = 1.0, target: str = "teacher") -> None:
+    def __init__(self, weight: float = 1.0, target: str = "teacher",
+                 target_range: tuple[float, float] = (0.0, 1.0)) -> None:
         super().__init__()
+        low, high = (float(x) for x in target_range)
+        if not low < high:
+            raise ValueError(f"objective target_range {list(target_range)} is empty or reversed; expected [low, high] "
+                             f"with low < high")
+        self.target_range = (low, high)
         self.weight = check_weight(weight, "ScoreRegression")
         if target not in ("teacher", "gold"):
             raise ValueError(f"objective target is {target!r}; expected 'teacher' or 'gold'")
@@ -50,6 +60,8 @@ class ScoreRegression(nn.Module):
     def forward(self, scores: Tensor, targets: Tensor) -> Tensor:
         if scores.shape != targets.shape:
             raise ValueError(f"scores have shape {tuple(scores.shape)}, targets {tuple(targets.shape)}; expected equal")
+        low, high = self.target_range
+        targets = low + targets * (high - low)
         known = torch.isfinite(targets)
         if bool(known.all()):
             return F.mse_loss(scores, targets.to(scores.dtype))
