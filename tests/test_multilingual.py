@@ -117,7 +117,8 @@ def multilingual_args(tiny: str, out: Path, cache: Path | None) -> list[str]:
             "--data.init_args.max_test_pairs=24", f"--data.init_args.teacher_embeddings={tiny}",
             "--data.init_args.teacher_embeddings_prefix=", f"--data.init_args.cache_dir={cache or 'null'}",
             "--data.init_args.batch_size=8", f"--trainer.default_root_dir={out}",
-            f"--trainer.logger.init_args.save_dir={out}", "--trainer.limit_train_batches=3", "--trainer.val_check_interval=1.0",
+            f"--trainer.logger.init_args.save_dir={out}", "--trainer.limit_train_batches=3",
+            "--trainer.val_check_interval=1.0",
             "--trainer.callbacks.init_args.tatoeba=[de, sv]", "--trainer.callbacks.init_args.max_sentences=20",
             *QUIET]
 
