@@ -159,3 +159,20 @@ def test_embedding_objective_without_teacher_embeddings_is_named(tiny_backbone: 
     with mock.patch("sys.argv", ["distill"]), pytest.raises(ValueError, match=r"objective 'embedding_kd'.*"
                                                             r"data.init_args.teacher_embeddings"):
         run(["fit", *args])
+
+
+def test_multilingual_sweep_dry_runs(tiny_backbone: str, pivot_cache: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Languages, mixing and objective weights of the multilingual recipe are keys the fit accepts, and the
+    sweep's metric is logged by a 2-step run (W&B offline, one run)."""
+    monkeypatch.chdir(ROOT)  # sweep commands name their recipe relative to the project root
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path / "home"))
+    tiny = [a for a in multilingual_args(tiny_backbone, tmp_path, pivot_cache)[2:]
+            if not a.startswith(("--trainer.", "--data.init_args.languages", "--data.init_args.val_languages"))]
+    # 2 validation batches of 8 pairs must reach a set: keep the dev sets tiny, in the sweep's fixed languages
+    tiny += ["--data.init_args.max_val_pairs=1", "--trainer.precision=32-true"]
+    with mock.patch("sys.argv", ["distill"]):
+        results = run(["sweep", "--config", "configs/sweeps/multilingual.yaml", "--dry_run", "--count=1",
+                       f"--args={json.dumps(tiny)}", f"--out={tmp_path / 'sweep'}"])
+    assert len(results) == 1 and results[0]["metric"] is not None
+    assert any(k.startswith("val/spearman_cosine/") for k in results[0]["summary"])
