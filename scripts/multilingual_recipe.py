@@ -162,7 +162,7 @@ def write(report: dict[str, Any]) -> None:
         verdict = "n/a" if t["met"] is None else "met" if t["met"] else "NOT met"
         lines.append(f"- {name}: {t['value']} vs {t['bound']} — {verdict}")
     lines += ["", "Averages: " + json.dumps({k: v for k, v in report["summary"].items() if k != "targets"}), "",
-              "Stages (s): " + json.dumps(report["stages"]), ""]
+              "Stages (s): " + json.dumps(report["stages"]), "", *[f"Note: {n}" for n in report.get("notes", [])], ""]
     if "trimmed" in report["arms"]:
         lines += ["Trim: " + json.dumps({k: v for k, v in report["arms"]["trimmed"].items() if k != "metrics"}), ""]
     (OUT / "report.md").write_text("\n".join(lines) + "\n")
