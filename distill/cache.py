@@ -232,6 +232,8 @@ def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str
                 f"classification-{teacher.hparams['num_labels']}",
         "score_transform": teacher.score_transform,
         "max_length": teacher.hparams.get("max_length"),
+        # only when set, so caches made before teachers had a prefix still match
+        **({"prefix": teacher.hparams["prefix"]} if teacher.hparams.get("prefix") else {}),
     }
 
 

@@ -251,7 +251,8 @@ def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: boo
     """
     tok = load_tokenizer(tokenizer)
     if joint:
-        enc = tok(batch["text_a"], batch["text_b"], truncation=True, max_length=max_length)
+        enc = tok([prefix + t for t in batch["text_a"]], [prefix + t for t in batch["text_b"]], truncation=True,
+                  max_length=max_length)
         return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     out = {}
     for side in ("a", "b"):

@@ -213,6 +213,9 @@ def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool 
 
     if not teacher.regression:
         raise ExportError("only regression teachers (num_labels=1) export as a sentence-transformers CrossEncoder")
+    if teacher.hparams.get("prefix"):
+        raise ExportError(f"this teacher prepends {teacher.hparams['prefix']!r} to its texts, which "
+                          f"sentence-transformers' CrossEncoder would not do: export teachers trained without a prefix")
     folder.mkdir(parents=True)
     teacher.model.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(teacher.backbone_path)

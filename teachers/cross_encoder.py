@@ -51,6 +51,7 @@ class CrossEncoder(pl.LightningModule):
         lr: peak learning rate.
         weight_decay: AdamW weight decay (not on biases and norms).
         warmup_ratio: share of optimiser steps spent warming up, then linear decay to 0.
+        prefix: prepended to both texts of every pair (e.g. e5's "query: "); saved with the model.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class CrossEncoder(pl.LightningModule):
         lr: float = 2e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        prefix: str = "",
     ) -> None:
         super().__init__()
         if loss not in ("bce", "mse"):
@@ -85,7 +87,8 @@ class CrossEncoder(pl.LightningModule):
 
     def tokenization(self) -> dict[str, Any]:
         """How the datamodule must tokenise for this model."""
-        return {"tokenizer": self.backbone_path, "max_length": self.hparams.max_length, "joint": True, "prefix": ""}
+        return {"tokenizer": self.backbone_path, "max_length": self.hparams.max_length, "joint": True,
+                "prefix": self.hparams.get("prefix", "")}
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Raw scores: (batch,) logits for regression, (batch, num_labels) for classification."""

@@ -176,3 +176,15 @@ def test_multilingual_sweep_dry_runs(tiny_backbone: str, pivot_cache: Path, tmp_
                        f"--args={json.dumps(tiny)}", f"--out={tmp_path / 'sweep'}"])
     assert len(results) == 1 and results[0]["metric"] is not None
     assert any(k.startswith("val/spearman_cosine/") for k in results[0]["summary"])
+
+
+def test_teacher_prefix_is_an_option_saved_with_the_model(tiny_backbone: str) -> None:
+    from distill.data import tokenize
+    from teachers import CrossEncoder
+
+    teacher = CrossEncoder(backbone=tiny_backbone, prefix="query: ")
+    spec = teacher.tokenization()
+    assert spec["prefix"] == "query: " and teacher.hparams.prefix == "query: "
+    plain = tokenize({"text_a": ["a b"], "text_b": ["c"]}, tiny_backbone, 32, True)
+    prefixed = tokenize({"text_a": ["a b"], "text_b": ["c"]}, tiny_backbone, 32, True, "query: ")
+    assert len(prefixed["input_ids"][0]) > len(plain["input_ids"][0])  # both texts carry the prefix
