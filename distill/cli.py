@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -80,14 +82,39 @@ def _bare_flags(tool: Any, args: list[str]) -> list[str]:
     return out
 
 
-def _cause(message: str) -> str:
-    # jsonargparse wraps an error raised while building a class_path part in a list of union alternatives;
-    # the line users need is ours, not "Expected a <class 'NoneType'>"
-    if "Union subtypes" not in message:
-        return message
-    causes = [line.strip()[2:] for line in message.splitlines()
-              if line.strip().startswith("- ") and "NoneType" not in line]
-    return causes[0] if causes else message
+_NOISE = ("Given value", "Subtypes:", "Errors:", "Parser key", "- Problem with given class_path", "Does not validate",
+          "Problem with given class_path")
+
+
+def _cause(error: BaseException | str) -> str:
+    """The one line a user needs from an error: ours when we raised it, else jsonargparse's innermost complaint.
+
+    jsonargparse wraps an error raised while building a class_path part (or parsing a nested value) in lists of
+    union alternatives, several levels deep; the useful line is the deepest one that is not about `NoneType`,
+    prefixed with the full dotted key when the parser names it (`NestedArg(key=...)`).
+    """
+    chain, seen = [], error
+    while isinstance(seen, BaseException) and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    message = "\n".join(str(e) for e in chain) if chain else str(error)
+    if "Union subtypes" not in message and "Parser key" not in message:
+        return message.splitlines()[0] if message else message
+    bodies = [(line.strip().startswith("- "), line.strip().removeprefix("- ")) for line in message.splitlines()]
+    useful = [(listed, body) for listed, body in bodies if body and not body.startswith(_NOISE)
+              and "NoneType" not in body]
+    ours = [body for listed, body in useful if listed]
+    found = ours[0] if ours else useful[-1][1] if useful else message.splitlines()[0]
+    if "<name>" in found:  # a weight refused while building: name the objective whose weight it is
+        bad = [name for name, w in re.findall(r"'(\w+)': Namespace\(init_args=Namespace\(weight=([^,)]+)", message)
+               if w.startswith("-") or w in ("nan", "inf")]
+        found = found.replace("<name>", bad[0]) if bad else found
+    nested = re.findall(r"NestedArg\(key='([^']+)', val='([^']*)'\)", message)
+    top = re.search(r'Parser key "([^"]+)"', message)
+    if nested and top:
+        key, value = max(nested, key=lambda kv: len(kv[0]))
+        return f"--{top.group(1)}.init_args.{key}={value}: {found}; fix it in the config or on the command line"
+    return found
 
 
 def tool(verb: str) -> Any:
@@ -114,16 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `distill` console script: bad input ends in one line naming the problem and the fix
     (set DISTILL_TRACEBACK=1 for the full traceback)."""
     try:
-        run(argv)
-    except (ValueError, FileNotFoundError) as err:
+        run(argv, one_line_errors=True)
+    except (ValueError, FileNotFoundError, argparse.ArgumentError) as err:
         if os.environ.get("DISTILL_TRACEBACK") == "1":
             raise
-        print(f"distill: error: {_cause(str(err))}", file=sys.stderr)
+        print(f"distill: error: {_cause(err)}", file=sys.stderr)
         sys.exit(2)
 
 
-def run(argv: list[str] | None = None) -> Any:
-    """Run a verb; returns the LightningCLI (Trainer verbs) or the tool's result, for programmatic use."""
+def run(argv: list[str] | None = None, one_line_errors: bool = False) -> Any:
+    """Run a verb; returns the LightningCLI (Trainer verbs) or the tool's result, for programmatic use.
+
+    With `one_line_errors`, a config that does not parse raises `argparse.ArgumentError` (for `main` to print as
+    one line) instead of printing usage and exiting."""
     # STS evaluation sets are small: torchmetrics' buffer warning does not apply; the LeafSpec deprecation is
     # Lightning's own (pytorch_lightning/utilities/_pytree.py) against torch 2.13
     warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
@@ -137,4 +167,5 @@ def run(argv: list[str] | None = None) -> Any:
         return jsonargparse.CLI(fn, args=_bare_flags(fn, given[1:]), as_positional=False)
     # args=None reads sys.argv; passing both makes LightningCLI warn
     return DistillCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                      args=argv, save_config_kwargs={"overwrite": True})
+                      args=argv, save_config_kwargs={"overwrite": True},
+                      parser_kwargs={"exit_on_error": False} if one_line_errors else {})

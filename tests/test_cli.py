@@ -80,3 +80,20 @@ def test_config_errors_name_the_key(override, named):
                            str(ROOT / "configs/teacher/quickstart.yaml"), override],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+
+
+@pytest.mark.parametrize("value, expected", [("-1", "ScoreRegression weight is -1.0"), ("abc", "Got value: abc")])
+def test_bad_objective_weight_is_one_line_naming_its_key(value, expected, tiny_backbone, pair_files, tmp_path,
+                                                         capsys):
+    """A negative or non-numeric weight ends `distill fit` with one line naming the objective's dotted key."""
+    from cli_args import student_args
+
+    from distill.cli import main
+
+    args = ["fit", *student_args(tiny_backbone, pair_files, tmp_path, None),
+            f"--model.init_args.objectives.teacher_mse.init_args.weight={value}"]
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(SystemExit) as done:
+        main(args)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill: error: ")]
+    assert done.value.code == 2 and len(errors) == 1, errors
+    assert expected in errors[0] and "model.init_args.objectives.teacher_mse.init_args.weight" in errors[0]
