@@ -134,6 +134,10 @@ def test_crosslingual_fit_and_per_language_test(tiny_backbone: str, pivot_cache:
     assert {"val/spearman_cosine/de", "val/spearman_cosine/de-en", "val/spearman_cosine/en"} <= set(logged)
     assert fit.datamodule.datasets["train"][0]["t_a"] is not None  # teacher embeddings joined
     best = fit.trainer.checkpoint_callback.best_model_path
+    from distill import tracking
+
+    logged_tables: list[tuple[str, list]] = []
+    monkeypatch.setattr(tracking, "log_table", lambda name, rows, run=None: logged_tables.append((name, rows)))
     with mock.patch("sys.argv", ["distill"]):
         test = run(["test", *multilingual_args(tiny_backbone, tmp_path, pivot_cache), "--ckpt_path", best,
                     "--trainer.precision=32-true"])  # fp32 like `encode`, for the comparison below
@@ -151,6 +155,7 @@ def test_crosslingual_fit_and_per_language_test(tiny_backbone: str, pivot_cache:
         sum(metrics[f"test/spearman_cosine/{s}"] for s in ("en", "de", "de-en")) / 3, abs=1e-5)
     table = json.loads(next(tmp_path.rglob("multilingual.json")).read_text())
     assert {r["set"] for r in table} >= {"en", "de", "de-en", "sv-en", "en-sv"}
+    assert logged_tables == [("test/multilingual", table)]  # the same table goes to W&B when a run is active
 
 
 def test_embedding_objective_without_teacher_embeddings_is_named(tiny_backbone: str, pivot_cache: Path,
