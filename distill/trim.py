@@ -138,6 +138,11 @@ def main(model: str, out: str, languages: list[str] | None = None, corpus: list[
         for key in ("vocab_size", "parameters", "size_bytes"):
             report[key]["reduction"] = round(1 - report[key]["after"] / report[key]["before"], 4)
         (partial / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        card = partial / "README.md"
+        if card.is_file():  # an exported model card: its figures describe the untrimmed model
+            card.write_text(card.read_text() + "\n## Vocabulary trimming\n\n" + markdown(report) + "\n\n"
+                            f"Trimmed with `distill trim` (see `{REPORT}`); figures above this section were measured "
+                            f"before trimming.\n")
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)
@@ -145,7 +150,7 @@ def main(model: str, out: str, languages: list[str] | None = None, corpus: list[
         shutil.rmtree(partial, ignore_errors=True)
         raise
     warn_uncovered(coverage)
-    print(markdown(report, target))
+    print(f"distill trim -> {target}\n\n{markdown(report)}")
     return report
 
 
@@ -661,9 +666,9 @@ def warn_uncovered(coverage: dict[str, dict[str, Any]]) -> None:
                           f"its language to --languages, more text to --corpus, or raise --top_n", stacklevel=3)
 
 
-def markdown(report: dict[str, Any], target: Path) -> str:
+def markdown(report: dict[str, Any]) -> str:
     """The report as two Markdown tables (sizes, coverage)."""
-    lines = [f"distill trim -> {target}", "", "| | before | after | reduction |", "|---|---|---|---|"]
+    lines = ["| | before | after | reduction |", "|---|---|---|---|"]
     for key, label, scale in (("vocab_size", "vocabulary", 1), ("parameters", "parameters (M)", 1e6),
                               ("size_bytes", "size on disk (MB)", 1e6)):
         r = report[key]

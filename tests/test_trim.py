@@ -151,8 +151,8 @@ def test_trimmed_folder_loads_with_transformers(unigram_student: Path, trimmed: 
 
 
 def test_sentence_transformers_loads_an_exported_folder(unigram_student: Path, corpus_file: Path, tmp_path: Path):
-    """An exported folder keeps its sentence-transformers modules and loses its ONNX graphs (they hold the old
-    vocabulary); sentence-transformers must embed the trimmed folder like the original student."""
+    """An exported folder keeps its sentence-transformers modules and card, and loses its ONNX graphs (they hold the
+    old vocabulary) and parity report; sentence-transformers must embed the trimmed folder like the original."""
     from sentence_transformers import SentenceTransformer
 
     from distill.export import write_sentence_transformers_config
@@ -163,9 +163,12 @@ def test_sentence_transformers_loads_an_exported_folder(unigram_student: Path, c
     write_sentence_transformers_config(exported, options, 32)
     (exported / "onnx").mkdir()
     (exported / "onnx" / "model.onnx").write_bytes(b"old vocabulary")
+    (exported / "export_report.json").write_text("{}")
+    (exported / "README.md").write_text("# model card\n")
     out = tmp_path / "trimmed"
     report = trim.main(str(exported), str(out), corpus=[str(corpus_file)])
-    assert report["dropped_files"] == ["onnx"] and not (out / "onnx").exists()
+    assert report["dropped_files"] == ["export_report.json", "onnx"] and not (out / "onnx").exists()
+    assert "## Vocabulary trimming" in (out / "README.md").read_text()  # the card says its figures predate trimming
     assert (out / "dse_head.safetensors").is_file() and (out / "1_Pooling" / "config.json").is_file()
     reference = BiEncoder.from_pretrained(unigram_student).encode(COVERED)
     got = SentenceTransformer(str(out), device="cpu").encode(COVERED, convert_to_tensor=True).float()
