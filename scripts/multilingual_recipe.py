@@ -117,7 +117,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             targets[f"{pair} >= 0.95 x en"] = [cross, round(0.95 * student_en, 4) if student_en else None]
         if "trimmed" in arms:
             t = arms["trimmed"]["trim_report"]
-            reduction = t.get("size_reduction") if isinstance(t, dict) else None
+            reduction = t.get("size_bytes", {}).get("reduction") if isinstance(t, dict) else None
             targets["trimmed: disk reduction >= 0.60"] = [reduction, 0.6]
             loss = round(out["student_avg_trim_languages"] - out.get("trimmed_avg_trim_languages", 0), 4)
             targets["trimmed: avg Spearman loss <= 0.005"] = [loss, 0.005]
