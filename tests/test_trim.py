@@ -273,3 +273,30 @@ def test_cli_trims_to_training_sentences_of_the_given_languages(tiny_backbone: s
     assert list(report["coverage"]) == ["stsb_multi_mt/test/en", "stsb_multi_mt/test/de", "tatoeba/de-en"]
     assert report["corpus"] == {"sources": ["stsb_multi_mt/train (en)"], "texts": 3}
     assert report["vocab_size"]["after"] == 5 + 5  # the specials and "a man plays guitar ."
+
+
+def test_tied_output_embeddings_are_sliced_with_the_input_rows(tiny_backbone: str, tmp_path: Path):
+    """A masked-LM head ties its decoder to the word embeddings and has a per-token bias: left unsliced, the model
+    would not load (shape mismatch) or would score the wrong tokens."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    backbone = tmp_path / "mlm"
+    AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(backbone)
+    torch.manual_seed(0)
+    original = BertForMaskedLM(BertConfig(vocab_size=41, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=37, max_position_embeddings=128))
+    with torch.no_grad():
+        original.cls.predictions.bias.normal_()  # a zero bias would hide a missing slice
+    original.save_pretrained(backbone)
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("a man plays guitar.\n")
+    trim.main(str(backbone), str(tmp_path / "out"), corpus=[str(corpus)])
+    model, info = BertForMaskedLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values()), info
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    tok, kept_tok = AutoTokenizer.from_pretrained(backbone), AutoTokenizer.from_pretrained(tmp_path / "out")
+    kept = tok.convert_tokens_to_ids(kept_tok.convert_ids_to_tokens(list(range(len(kept_tok)))))
+    with torch.no_grad():
+        before = original.eval()(**tok("a man plays guitar.", return_tensors="pt")).logits[..., kept]
+        after = model.eval()(**kept_tok("a man plays guitar.", return_tensors="pt")).logits
+    assert torch.allclose(before, after, atol=1e-5)
