@@ -155,7 +155,7 @@ def write(report: dict[str, Any]) -> None:
                 sets.setdefault(name, {"set": name})[arm] = v
     order = sorted(sets.values(), key=lambda r: (r["set"].startswith("Tatoeba"), r["set"].count("-"), r["set"]))
     lines = ["# Multilingual students (stsb_multi_mt test Spearman, cosine; Tatoeba accuracy; dev for selection)", "",
-             f"Machine: {report['machine']}. Command: `{report['command']}`.", "",
+             f"Machine: {report['machine']}. Commands: {report.get('commands', {})}.", "",
              f"Training languages: {report['train_languages']}; settings: {report['settings']}.", "",
              markdown_table(order), "", "## Targets", ""]
     for name, t in report["summary"].get("targets", {}).items():
@@ -182,7 +182,7 @@ def main() -> None:
     report = json.loads(path.read_text()) if path.is_file() else {"arms": {}, "stages": {}}
     report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
                         f"torch {__import__('torch').__version__}"
-    report["command"] = "nice -n 19 python scripts/multilingual_recipe.py " + " ".join(sys.argv[1:])
+    command = "python scripts/multilingual_recipe.py " + " ".join(sys.argv[1:])
     import yaml
 
     config = yaml.safe_load((ROOT / "configs/multilingual/student.yaml").read_text())
@@ -221,6 +221,7 @@ def main() -> None:
         else:
             continue
         report["arms"][arm] = result
+        report.setdefault("commands", {})[arm] = command  # an interrupted recipe continues under another command
         write(report)
     report["stages"]["total_this_run"] = round(time.perf_counter() - started, 1)
     write(report)
