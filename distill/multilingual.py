@@ -10,6 +10,7 @@ the translation of row i of `en`, which equals STS-B. So a translated pair (a_de
 from __future__ import annotations
 
 import importlib.resources
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ def teacher_embeddings(model: str, sentences: list[str], prefix: str = "", batch
         print(f"teacher embeddings: encoding {len(unique)} source sentences with {model}", flush=True)
         vectors = encoder.encode(unique, batch_size=batch_size)
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".partial{__import__('os').getpid()}")
+        tmp = file.with_suffix(f".partial{os.getpid()}")
         torch.save(vectors, tmp)
         tmp.rename(file)  # atomic: DDP ranks racing here write the same content
     return dict(zip(unique, vectors.numpy()))
