@@ -33,7 +33,6 @@ from distill.checkpoints import CheckpointError, read_checkpoint
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 REGIMES = ("unique-pairs", "one-vs-n")
 TOP_K = 10
-TATOEBA = Path(__file__).parent / "bundled" / "tatoeba"
 
 
 class BenchError(ValueError):
@@ -72,8 +71,8 @@ def main(
         teacher_backends: teacher backends (same names); the teacher's fastest one is used for the speed-up ratio.
         regimes: unique-pairs and/or one-vs-n.
         n_candidates: candidate pool sizes N for one-vs-n.
-        pairs: the pair data (a bundled split like `stsb/test`, or a file `read_pairs` reads).
-        label_range: the gold labels' range, for a pair file with labels (bundled splits know theirs).
+        pairs: the pair data (a catalog name like `stsb/test`, a file, or hf:<id>[:<config>]:<split>).
+        label_range: the gold labels' range, for a pair file with labels (catalog sets know theirs).
         max_pairs: use only the first pairs (unique-pairs accuracy and timing).
         queries: queries per N in one-vs-n (first texts of distinct pairs, never in the candidate pool).
         repeats: interleaved timed repeats per row (>= 5 for reported figures), after one warm-up.
@@ -162,10 +161,13 @@ def _data(source: str, label_range: tuple[float, float] | None, max_pairs: int |
         pool = [t for t in dict.fromkeys([*rows["text_b"], *rows["text_a"]]) if t not in taken]
         from_pairs = min(len(pool), pool_size)
         pool = pool[:pool_size]
-        if len(pool) < pool_size:  # larger pools: English sides of the bundled Tatoeba files, in file order
+        if len(pool) < pool_size:  # larger pools: English sides of the Tatoeba test sets (catalog), in code order
+            from distill.multilingual import read_tatoeba
+            from distill.languages import TATOEBA_CODES
+
             seen = set(pool) | taken
-            for path in sorted(TATOEBA.glob("tatoeba.*-eng.eng")):
-                for line in path.read_text(encoding="utf-8").splitlines():
+            for code in TATOEBA_CODES:
+                for line in read_tatoeba(code)[1]:
                     if line and line not in seen:
                         seen.add(line)
                         pool.append(line)
@@ -174,7 +176,7 @@ def _data(source: str, label_range: tuple[float, float] | None, max_pairs: int |
             pool = pool[:pool_size]
         data.update(queries=qs, pool=pool,
                     pool_source=f"{from_pairs} distinct sentences of {source} (queries excluded)"
-                                + (f", then {len(pool) - from_pairs} English sentences of the bundled Tatoeba "
+                                + (f", then {len(pool) - from_pairs} English sentences of the Tatoeba (catalog `tatoeba/<code>`) "
                                    f"test sets" if len(pool) > from_pairs else ""))
         if len(pool) < pool_size:
             raise BenchError(f"n_candidates asks for {pool_size} candidates; only {len(pool)} sentences exist")
@@ -616,11 +618,13 @@ def _tatoeba(runners: list[Runner], langs: list[str], batch_size: int) -> list[d
     """Bitext retrieval (accuracy@1 and nDCG@10, one relevant sentence) for each student runner."""
     out = []
     for lang in langs:
-        src, eng = TATOEBA / f"tatoeba.{lang}-eng.{lang}", TATOEBA / f"tatoeba.{lang}-eng.eng"
-        if not src.is_file():
-            known = sorted(p.name.split(".")[1].split("-")[0] for p in TATOEBA.glob("tatoeba.*-eng.eng"))
-            raise BenchError(f"tatoeba: no language {lang!r}; choose ISO 639-3 codes from {known[:12]}...")
-        xx, en = src.read_text(encoding="utf-8").splitlines(), eng.read_text(encoding="utf-8").splitlines()
+        from distill.data import DataError
+        from distill.multilingual import read_tatoeba
+
+        try:
+            xx, en = read_tatoeba(lang)
+        except DataError as err:
+            raise BenchError(str(err)) from None
         for runner in runners:
             if runner.encode is None or runner.role != "student":
                 continue

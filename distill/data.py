@@ -7,7 +7,6 @@ on a `label_range` and mapped to [0, 1] as `gold`; teacher scores come from the 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import math
 import unicodedata
@@ -17,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -25,12 +25,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer
 
+from distill import catalog
 from distill.backbones import cache_root
 from distill.resume import ResumableLoader
 
-#: bundled datasets: name -> (folder, file pattern, label_range)
-BUNDLED = {"stsb": ("stsbenchmark", "sts-{split}.csv", (0.0, 5.0))}
-SPLITS = ("train", "dev", "test")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -47,27 +45,6 @@ def make_pair_id(text_a: str, text_b: str) -> str:
     """Order-sensitive id of a pair: score(a, b) != score(b, a) for a cross-encoder."""
     joined = normalise(text_a) + "\x1f" + normalise(text_b)
     return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:20]
-
-
-def bundled_path(name: str) -> tuple[Path, tuple[float, float]]:
-    """`stsb/train` -> (path to the bundled file, its label_range)."""
-    dataset, _, split = name.partition("/")
-    if dataset not in BUNDLED or split not in SPLITS:
-        raise DataError(
-            f"unknown bundled dataset {name!r}: use one of "
-            f"{', '.join(f'{d}/{s}' for d in BUNDLED for s in SPLITS)} or a file path"
-        )
-    folder, pattern, label_range = BUNDLED[dataset]
-    root = importlib.resources.files("distill") / "bundled" / folder
-    return Path(str(root / pattern.format(split=split))), label_range
-
-
-def _read_stsb(path: Path) -> pd.DataFrame:  # bundled files are known-good UTF-8
-    # tab-separated, no header; 197 lines carry extra columns after s2 and quotes are literal,
-    # so split on tabs and take fields 4-6 instead of using a CSV parser
-    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return pd.DataFrame({"label": [r[4] for r in rows], "text_a": [r[5] for r in rows],
-                         "text_b": [r[6] for r in rows]})
 
 
 def _read_table(path: Path, file_format: str | None) -> pd.DataFrame:
@@ -104,7 +81,8 @@ def read_pairs(
     label_range: tuple[float, float] | None = None,
     keep_columns: tuple[str, ...] = (),
 ) -> tuple[Dataset, tuple[float, float] | None]:
-    """Read and validate a pair file (or a bundled split such as `stsb/train`).
+    """Read and validate pairs: a catalog name (`stsb/train`, `stsb_multi_mt/de/dev`), a file, or
+    `hf:<hub id>[:<config>]:<split>` (DESIGN.md "Where data comes from").
 
     Returns the rows as a `Dataset` (`pair_id, text_a, text_b[, label, gold]`, plus `keep_columns` as strings,
     e.g. the `group` of grouped data) and the label range.
@@ -113,14 +91,15 @@ def read_pairs(
         DataError: a missing column, an empty text, a non-numeric or out-of-range label, or a duplicate
             `pair_id` with different texts; the message names the file, the row (1-based) and the fix.
     """
-    if "/" in source and source.split("/")[0] in BUNDLED and not Path(source).exists():
-        path, bundled_range = bundled_path(source)
-        frame = _read_stsb(path)
+    if catalog.is_name(source):
+        entry = _catalog_entry(source, "pairs")
+        path = Path(source)  # errors name the set (`stsb/train, row 5: ...`)
+        frame = entry.rows.to_pandas()
         columns = {"text_a": "text_a", "text_b": "text_b", "label": "label"}
-        label_range = label_range or bundled_range
+        label_range = label_range or entry.label_range
     else:
         path = Path(source)
-        frame = _read_table(path, None)
+        frame = _read_source_table(source)
         columns = {"text_a": text_a_column, "text_b": text_b_column}
         if label_column and (label_column in frame.columns or label_column != "label"):
             columns["label"] = label_column  # a named label column must exist; the default may be absent
@@ -157,6 +136,26 @@ def read_pairs(
     return Dataset.from_dict(rows), label_range
 
 
+def _catalog_entry(name: str, kind: str) -> catalog.Entry:
+    try:
+        entry = catalog.load(name)
+    except catalog.CatalogError as err:
+        raise DataError(str(err)) from None
+    if entry.kind != kind:
+        raise DataError(f"{name} is a {entry.kind} set, not {kind}; give a {kind} set or file here")
+    return entry
+
+
+def _read_source_table(source: str) -> pd.DataFrame:
+    """A file or an `hf:` Hub set as a table of strings/values (columns as the source names them)."""
+    if source.startswith("hf:"):
+        try:
+            return catalog.load_hf(source).to_pandas()
+        except catalog.CatalogError as err:
+            raise DataError(str(err)) from None
+    return _read_table(Path(source), None)
+
+
 def _labels(values: list[Any], path: Path, column: str, label_range: tuple[float, float] | None) -> list[float]:
     if label_range is None:
         raise DataError(f"{path}: labels in {column!r} need a declared range; set data.init_args.label_range, "
@@ -190,7 +189,7 @@ def _check_ids(ids: list[str], text_a: list[str], text_b: list[str], path: Path)
 def read_texts(source: str, text_column: str = "text", id_column: str | None = None) -> Dataset:
     """Read single texts for a student's `predict` (`text` column and optional `id`, unless others are named)."""
     path = Path(source)
-    frame = _read_table(path, None)
+    frame = _read_source_table(source)
     if text_column not in frame.columns and "text" in frame.columns:
         text_column = "text"
     if text_column not in frame.columns:
@@ -208,11 +207,26 @@ def read_texts(source: str, text_column: str = "text", id_column: str | None = N
 
 def fingerprint(rows: Dataset) -> str:
     """Content hash of pair rows (ids, texts and labels where present): names the data in the score cache,
-    so edited texts under kept user ids still count as other data."""
+    so edited texts under kept user ids still count as other data. Streamed in batches (10^7 rows fit)."""
     h = hashlib.sha256()
     columns = [c for c in ("pair_id", "text_a", "text_b", "label") if c in rows.column_names]
-    for row in zip(*(rows[c] for c in columns)):
-        h.update("\x1f".join(map(str, row)).encode("utf-8") + b"\n")
+    for batch in rows.select_columns(columns).iter(batch_size=65536):
+        for row in zip(*(batch[c] for c in columns)):
+            h.update("\x1f".join(map(str, row)).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def _column_hash(rows: Dataset, column: str) -> str:
+    """Content hash of one column, streamed (numbers hashed as their float64 bytes)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for batch in rows.select_columns([column]).iter(batch_size=65536):
+        values = batch[column]
+        try:
+            h.update(np.asarray(values, dtype=np.float64).tobytes())
+        except (TypeError, ValueError):
+            h.update(json.dumps(values, default=str).encode())
     return h.hexdigest()
 
 
@@ -239,9 +253,25 @@ def tokenised_cache_file(rows: Dataset, spec: dict[str, Any], split: str) -> Pat
     extra = sorted(set(rows.column_names) - {"pair_id", "text_a", "text_b", "label", "gold"})
     if extra:
         options["extra"] = hashlib.sha256(json.dumps([list(rows[c]) for c in extra]).encode()).hexdigest()
+    if "gold" in rows.column_names:  # gold depends on label_range, which the label fingerprint cannot see
+        options["gold"] = _column_hash(rows, "gold")
     key = hashlib.sha256(f"{fingerprint(rows)}|{tokenizer_fingerprint(spec['tokenizer'])}|"
                          f"{json.dumps(options, sort_keys=True)}".encode()).hexdigest()[:24]
     return cache_root() / "tokenized" / f"{split}-{key}.arrow"
+
+
+def _drop_if_unreadable(cache_file: Path, n_rows: int) -> None:
+    """A tokenised-row cache file cut short (a kill mid-write, a full disk) is re-made, with a warning naming it,
+    instead of breaking every later run on the same data with an Arrow traceback."""
+    if not cache_file.is_file():
+        return
+    try:
+        ok = Dataset.from_file(str(cache_file)).num_rows == n_rows
+    except Exception:  # noqa: BLE001 - Arrow raises several types for a truncated file
+        ok = False
+    if not ok:
+        warnings.warn(f"{cache_file}: unreadable or incomplete tokenised-row cache; tokenising again", stacklevel=3)
+        cache_file.unlink()
 
 
 def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: bool, prefix: str = "") -> dict:
@@ -267,10 +297,19 @@ def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: boo
 def _warn_truncated(rows: Dataset, max_length: int, name: str) -> None:
     """One warning that counts the rows cut at max_length (long texts are not an error)."""
     columns = [c for c in ("input_ids", "a_input_ids", "b_input_ids") if c in rows.column_names]
-    cut = sum(any(len(r[c]) >= max_length for c in columns) for r in rows.select_columns(columns))
+    if not columns:
+        return
+    cut = int((np.stack([token_lengths(rows, c) for c in columns]).max(axis=0) >= max_length).sum())
     if cut:
         warnings.warn(f"{name}: {cut} of {len(rows)} rows reach max_length={max_length} tokens and were truncated; "
                       f"raise the model's max_length (max_seq_length for students) to keep them whole", stacklevel=2)
+
+
+def token_lengths(rows: Dataset, column: str) -> np.ndarray:
+    """Length of every token list in `column`, read from Arrow (no per-row Python lists: 10^7 rows fit)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(rows.data.column(column)).to_numpy(zero_copy_only=False)
 
 
 class PairCollator:
@@ -346,7 +385,7 @@ class PairDataModule(pl.LightningDataModule):
     tokenises exactly as the model does: the backbone is given once, in the model.
 
     Args:
-        train: a pair file (csv/tsv/jsonl/parquet) or a bundled split such as `stsb/train`; a list concatenates
+        train: a pair file (csv/tsv/jsonl/parquet) a catalog name such as `stsb/train`, or hf:<id>[:<config>]:<split>; a list concatenates
             several (e.g. `[stsb/train, runs/silver/pairs.parquet]`: rows without a label get gold NaN, which
             gold objectives leave out).
         val: pairs for validation and checkpoint selection (never a test split).
@@ -356,7 +395,7 @@ class PairDataModule(pl.LightningDataModule):
         text_b_column: column of the second text.
         label_column: column of gold labels (optional in the file).
         id_column: column of user-supplied pair ids; by default ids hash the texts in order.
-        label_range: the declared range of gold labels, mapped to [0, 1] (bundled STS-B: [0, 5]).
+        label_range: the declared range of gold labels, mapped to [0, 1] (catalog sets know theirs: STS-B [0, 5]).
         cache_dir: a score cache (`distill cache --out`) holding teacher scores for the train pairs, or a list
             of caches whose scores are merged (e.g. one for the gold pairs, one for mined pairs).
         batch_size: training batch size.
@@ -430,6 +469,7 @@ class PairDataModule(pl.LightningDataModule):
         rows = self.rows(split, texts=split == "predict" and not spec["joint"])
         cache_file = tokenised_cache_file(rows, spec, split)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
+        _drop_if_unreadable(cache_file, len(rows))
         rows = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}",
                         cache_file_name=str(cache_file), load_from_cache_file=True)
         return rows, spec
@@ -469,7 +509,7 @@ class PairDataModule(pl.LightningDataModule):
         if not shuffle:
             return DataLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers)
         key = "input_ids" if "input_ids" in dataset.column_names else "a_input_ids"
-        lengths = [len(x) for x in dataset[key]]
+        lengths = token_lengths(dataset, key).tolist()
         window = size * 32 if self.hparams.group_by_length else 1
         return ResumableLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers,
                                sampler=LengthGroupedSampler(lengths, window=window, seed=self.hparams.seed),

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
-from distill import onnx_backend, tracking
-from distill.checkpoints import load_model
+from distill import catalog, onnx_backend, tracking
+from distill.checkpoints import load_model, read_checkpoint
 
 REPORT = "export_report.json"
 ST_HINT = "pip install 'distill[export]'"
@@ -94,6 +94,7 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
         raise ExportError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
     kind, model, meta = load_model(ckpt)
     meta["ckpt"] = str(ckpt)
+    meta["training_data"] = training_data(read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {})
     partial = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -110,6 +111,16 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
         with tracking.logging_to(wandb_run) as run:
             tracking.log_artifact(target, f"{kind}-{target.name}", "model", run=run)
     return target
+
+
+def training_data(hp: dict[str, Any]) -> list[dict[str, str]]:
+    """The data a checkpoint was trained on (its datamodule's init args), each with its licence (from the catalog
+    for catalog names), for the model card."""
+    train = hp.get("train")
+    if train is None and hp.get("languages"):  # the multilingual datamodule: stsb_multi_mt in these languages
+        train = [f"stsb_multi_mt/{lang}/train" for lang in hp["languages"]]
+    sources = [train] if isinstance(train, str) else list(train or [])
+    return [{"source": str(s), "licence": catalog.licence(str(s))} for s in sources]
 
 
 def _sentence_transformers() -> Any:
@@ -145,7 +156,8 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     checks: dict[str, Any] = {"st_min_cosine": round(cos, 6)}
     if onnx:
         checks.update(_student_onnx(student, folder, reference, int8))
-    report = {"kind": "student", "ckpt": meta.get("ckpt"), "config": config, "checks": checks,
+    report = {"kind": "student", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
+              "config": config, "checks": checks,
               "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
     (folder / REPORT).write_text(json.dumps(report, indent=2))
     write_card(folder, report)
@@ -244,7 +256,8 @@ def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool 
         checks["onnx_max_abs_diff"] = float(f"{diff:.3g}")
         if int8:
             onnx_backend.quantize_int8(folder / onnx_backend.ONNX_FILE, folder / onnx_backend.INT8_FILE)
-    report = {"kind": "teacher", "ckpt": meta.get("ckpt"), "config": {"max_length": max_length}, "checks": checks,
+    report = {"kind": "teacher", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
+              "config": {"max_length": max_length}, "checks": checks,
               "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
     (folder / REPORT).write_text(json.dumps(report, indent=2))
     write_card(folder, report)
@@ -268,6 +281,12 @@ def _sizes(folder: Path) -> dict[str, float]:
 def _plain(value: Any) -> Any:
     # checkpoint hyperparameters may hold objects from jsonargparse; the report keeps JSON types
     return json.loads(json.dumps(value, default=str))
+
+
+def _data_lines(data: list[dict[str, str]] | None) -> list[str]:
+    if not data:
+        return ["Not recorded in the checkpoint: see the recipe above.", ""]
+    return ["| data | licence |", "|---|---|", *(f"| `{d['source']}` | {d['licence']} |" for d in data), ""]
 
 
 def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, Any]] | None = None) -> None:
@@ -303,9 +322,9 @@ def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, 
                   "print(model.predict([('A man is playing a guitar.', 'Someone plays an instrument.')]))", "```", ""]
     lines += ["## Recipe", "", f"Checkpoint: `{report.get('ckpt')}`.", "", "```json",
               json.dumps(hp, indent=2, default=str)[:4000], "```", "",
-              "Training data: STS benchmark (bundled with distill; see `distill/bundled/stsbenchmark/LICENSE.txt`) "
-              "unless the recipe names other data. Backbone licence: that of the backbone named in the recipe "
-              "(all-MiniLM-L6-v2 and all-mpnet-base-v2: Apache-2.0).", "",
+              "## Training data", "", *_data_lines(report.get("training_data")),
+              "Backbone licence: that of the backbone named in the recipe (all-MiniLM-L6-v2 and all-mpnet-base-v2: "
+              "Apache-2.0; multilingual-e5-small: MIT).", "",
               "## Export checks", "", "| check | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report.get("checks", {}).items()]
     lines += ["", "Files (MB): " + ", ".join(f"`{k}` {v}" for k, v in report.get("files", {}).items()), ""]

@@ -34,7 +34,7 @@ def load_student_weights(student: BiEncoder, ckpt_path: str) -> None:
 
 
 def pool_texts(sources: list[str]) -> list[str]:
-    """Unique texts (both sides of every pair, first occurrence kept) of pair files or bundled splits."""
+    """Unique texts (both sides of every pair, first occurrence kept) of pair files or catalog sets (`stsb/train`)."""
     seen: dict[str, str] = {}
     for source in sources:
         rows, _ = read_pairs(source, label_column=None)
@@ -127,14 +127,14 @@ def main(
 
     Args:
         student: the student that encodes the pool, configured by class_path as in its fit config.
-        sentences: the pool: pair files or bundled splits (both text columns; training data only, never dev or
+        sentences: the pool: pair files or catalog sets (both text columns; training data only, never dev or
             test sentences).
         out: the pair file to write (.parquet, .csv, .tsv or .jsonl); then `distill cache --data.init_args.train`.
         ckpt_path: a `distill fit` checkpoint of the student (default: the configured backbone as it is).
         mode: `pairs` (silver pairs, AugSBERT) or `groups` (query, positive, hardest negatives).
         top_k_neighbours: pairs mode: nearest neighbours per anchor.
         n_spread: pairs mode: extra partners per anchor sampled across the similarity range.
-        positives: groups mode: a pair file (or bundled split) of (query, positive) pairs.
+        positives: groups mode: a pair file (or catalog set) of (query, positive) pairs.
         min_gold: groups mode: keep only positives whose gold label (mapped to [0, 1]) is at least this.
         n_negatives: groups mode: hard negatives per query.
         skip_top: groups mode: skip this many nearest sentences before taking negatives.

@@ -1,4 +1,4 @@
-"""Multilingual data: the bundled stsb_multi_mt and Tatoeba, language codes, cross-lingual pivot pairs.
+"""Multilingual data: stsb_multi_mt and Tatoeba from the data catalog, language codes, cross-lingual pivot pairs.
 
 stsb_multi_mt (Philip May, 2021) is STS Benchmark machine-translated into 10 languages; row i of every language is
 the translation of row i of `en`, which equals STS-B. So a translated pair (a_de, b_de) or a mixed pair
@@ -9,7 +9,6 @@ the translation of row i of `en`, which equals STS-B. So a translated pair (a_de
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import random
 from pathlib import Path
@@ -18,31 +17,17 @@ from typing import Any
 import pandas as pd
 from datasets import Dataset
 
+from distill import catalog
 from distill.data import DataError, PairDataModule, make_pair_id
+from distill.languages import STSB_LANGUAGES, iso
+from distill.languages import TATOEBA_CODES as TATOEBA_TEST_CODES
 
-#: stsb_multi_mt languages (ISO 639-1)
-STSB_LANGUAGES = ("de", "en", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "zh")
 PIVOT = "en"
 SPLITS = ("train", "dev", "test")
 LABEL_RANGE = (0.0, 5.0)
 
-#: ISO 639-1 -> the Tatoeba (LASER) file code; Tatoeba codes (3 letters) are accepted as they are
-TATOEBA_CODES = {
-    "af": "afr", "am": "amh", "ar": "ara", "az": "aze", "be": "bel", "bg": "bul", "bn": "ben", "bs": "bos",
-    "ca": "cat", "cs": "ces", "cy": "cym", "da": "dan", "de": "deu", "el": "ell", "eo": "epo", "es": "spa",
-    "et": "est", "eu": "eus", "fa": "pes", "fi": "fin", "fr": "fra", "ga": "gle", "gl": "glg", "he": "heb",
-    "hi": "hin", "hr": "hrv", "hu": "hun", "hy": "hye", "id": "ind", "is": "isl", "it": "ita", "ja": "jpn",
-    "ka": "kat", "kk": "kaz", "km": "khm", "ko": "kor", "la": "lat", "lt": "lit", "lv": "lvs", "mk": "mkd",
-    "ml": "mal", "mn": "mon", "mr": "mar", "nl": "nld", "nb": "nob", "pl": "pol", "pt": "por", "ro": "ron",
-    "ru": "rus", "sk": "slk", "sl": "slv", "sq": "sqi", "sr": "srp", "sv": "swe", "sw": "swh", "ta": "tam",
-    "te": "tel", "th": "tha", "tl": "tgl", "tr": "tur", "uk": "ukr", "ur": "urd", "uz": "uzb", "vi": "vie",
-    "zh": "cmn",
-}
-
-
-def bundled_root(name: str) -> Path:
-    """Folder of a bundled dataset (`stsb_multi_mt`, `tatoeba`)."""
-    return Path(str(importlib.resources.files("distill") / "bundled" / name))
+#: ISO 639-1 -> the Tatoeba (LASER) file code, from the one language table; Tatoeba codes are accepted as they are
+TATOEBA_CODES = {iso(code): code for code in reversed(TATOEBA_TEST_CODES) if iso(code) != code}
 
 
 def check_languages(languages: list[str] | tuple[str, ...], key: str, known: tuple[str, ...] = STSB_LANGUAGES) -> \
@@ -55,9 +40,8 @@ def check_languages(languages: list[str] | tuple[str, ...], key: str, known: tup
 
 
 def read_stsb_mt(lang: str, split: str, root: Path | None = None) -> pd.DataFrame:
-    """One language and split of stsb_multi_mt as columns `text_a, text_b, label` (0-5).
-
-    Files are comma-separated with Excel quoting and no header (s1, s2, score).
+    """One language and split of stsb_multi_mt (catalog `stsb_multi_mt/<lang>/<split>`) as columns
+    `text_a, text_b, label` (0-5); `root`: read that folder instead (the catalog's layout).
 
     Raises:
         DataError: an unknown language or split, a missing file, or a file whose row count differs from the
@@ -66,23 +50,32 @@ def read_stsb_mt(lang: str, split: str, root: Path | None = None) -> pd.DataFram
     check_languages([lang], "language")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    root = root or bundled_root("stsb_multi_mt")
-    path = root / f"stsb-{lang}-{split}.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; the stsb_multi_mt folder is incomplete")
-    frame = pd.read_csv(path, header=None, names=["text_a", "text_b", "label"], dtype=str, keep_default_na=False,
-                        encoding="utf-8")
+    frame = _stsb_mt_frame(lang, split, root)
     if lang != PIVOT:
-        pivot = root / f"stsb-{PIVOT}-{split}.csv"
-        n_pivot = len(pd.read_csv(pivot, header=None, dtype=str, keep_default_na=False, encoding="utf-8"))
+        n_pivot = len(_stsb_mt_frame(PIVOT, split, root))
         if len(frame) != n_pivot:
-            raise DataError(f"{path}: {len(frame)} rows but {pivot.name} has {n_pivot}; translations must be "
-                            f"row-aligned with the English file (re-export the translation or drop {lang!r})")
+            raise DataError(f"stsb_multi_mt/{lang}/{split}: {len(frame)} rows but stsb_multi_mt/{PIVOT}/{split} has "
+                            f"{n_pivot}; translations must be row-aligned with the English file (re-export the "
+                            f"translation or drop {lang!r})")
     empty = [i for i, (a, b) in enumerate(zip(frame.text_a, frame.text_b)) if not a.strip() or not b.strip()]
     if empty:
-        raise DataError(f"{path}, row {empty[0] + 1}: empty text; fix the translation or drop {lang!r}")
-    frame["label"] = frame["label"].astype(float)
+        raise DataError(f"stsb_multi_mt/{lang}/{split}, row {empty[0] + 1}: empty text; fix the translation or drop "
+                        f"{lang!r}")
     return frame
+
+
+def _stsb_mt_frame(lang: str, split: str, root: Path | None) -> pd.DataFrame:
+    name = f"stsb_multi_mt/{lang}/{split}"
+    try:
+        if root is not None:
+            spec = catalog.CATALOG["stsb_multi_mt"]
+            missing = [f for f in spec.files([lang, split]) if not (root / f).is_file()]
+            if missing:
+                raise DataError(f"{root / missing[0]}: no such file; the stsb_multi_mt folder is incomplete")
+            return spec.read(root, [lang, split]).to_pandas()
+        return catalog.load(name).rows.to_pandas()
+    except catalog.CatalogError as err:
+        raise DataError(str(err)) from None
 
 
 def texts(languages: list[str], split: str = "train") -> list[str]:
@@ -100,23 +93,25 @@ def texts(languages: list[str], split: str = "train") -> list[str]:
 def tatoeba_code(lang: str) -> str:
     """ISO 639-1 (`de`) or Tatoeba code (`deu`) -> the Tatoeba file code; unknown codes are an error."""
     code = TATOEBA_CODES.get(lang, lang)
-    if not (bundled_root("tatoeba") / f"tatoeba.{code}-eng.{code}").is_file():
-        known = sorted(p.name.split(".")[1].split("-")[0] for p in bundled_root("tatoeba").glob("tatoeba.*-eng.eng"))
-        raise DataError(f"tatoeba: unknown language code {lang!r}; use an ISO 639-1 code ({', '.join(TATOEBA_CODES)})"
-                        f" or one of the {len(known)} Tatoeba codes ({', '.join(known[:8])}, ...)")
+    if code not in TATOEBA_TEST_CODES:
+        import difflib
+
+        close = difflib.get_close_matches(lang, [*TATOEBA_CODES, *TATOEBA_TEST_CODES], n=4, cutoff=0.5)
+        raise DataError(f"tatoeba: unknown language code {lang!r}"
+                        f"{'; close matches: ' + ', '.join(close) if close else ''}; use an ISO 639-1 code "
+                        f"({', '.join(TATOEBA_CODES)}) or one of the {len(TATOEBA_TEST_CODES)} Tatoeba codes "
+                        f"({', '.join(TATOEBA_TEST_CODES[:8])}, ...)")
     return code
 
 
 def read_tatoeba(lang: str) -> tuple[list[str], list[str]]:
-    """(sentences in `lang`, their English translations), line-aligned (the LASER test set, ≤ 1000 lines)."""
-    code = tatoeba_code(lang)
-    root = bundled_root("tatoeba")
-    xx = (root / f"tatoeba.{code}-eng.{code}").read_text(encoding="utf-8").splitlines()
-    en = (root / f"tatoeba.{code}-eng.eng").read_text(encoding="utf-8").splitlines()
-    if len(xx) != len(en):
-        raise DataError(f"tatoeba.{code}-eng: {len(xx)} {code} lines but {len(en)} English lines; the files must be "
-                        f"line-aligned")
-    return xx, en
+    """(sentences in `lang`, their English translations), line-aligned (catalog `tatoeba/<code>`, the LASER test
+    set, ≤ 1000 lines)."""
+    try:
+        rows = catalog.load(f"tatoeba/{tatoeba_code(lang)}").rows
+    except catalog.CatalogError as err:
+        raise DataError(str(err)) from None
+    return list(rows["translation"]), list(rows["source"])
 
 
 def _pair_row(text_a: str, text_b: str, label: float, lang_a: str, lang_b: str, pivot_id: str, src_a: str,

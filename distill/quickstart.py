@@ -1,4 +1,4 @@
-"""`distill quickstart`: the whole pipeline on bundled STS-B with offline MiniLM weights.
+"""`distill quickstart`: the whole pipeline on STS-B from the data catalog with offline MiniLM weights.
 
 teacher fit (dev selection) -> teacher test -> cache train scores -> student zero-shot -> gold-only control
 -> distilled students for each teacher weight -> the one best on dev -> test -> export of that student
@@ -48,7 +48,7 @@ def main(
     student_epochs: int | None = None,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole pipeline on bundled data (teacher, cache, students, report).
+    """Run the whole pipeline on catalog data (teacher, cache, students, report).
 
     Args:
         smoke: the same code path shrunk (200 pairs, 1 epoch, small eval splits), about 2 minutes.

@@ -1,4 +1,4 @@
-"""Pair files: reading, ids, validation errors that name the file, row and fix; the bundled STS-B."""
+"""Pair files: reading, ids, validation errors that name the file, row and fix; STS-B through the catalog."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def write(path: Path, text: str) -> str:
     return str(path)
 
 
-def test_bundled_stsb_splits_and_labels():
+def test_catalog_stsb_splits_and_labels():
     """STS-B is parsed by tabs (quotes are literal, some lines have extra fields): all rows, labels 0-5."""
     sizes = {}
     for split in ("train", "dev", "test"):
@@ -25,8 +25,16 @@ def test_bundled_stsb_splits_and_labels():
         assert label_range == (0.0, 5.0)
         assert 0.0 <= min(rows["gold"]) and max(rows["gold"]) <= 1.0
     assert sizes == {"train": 5749, "dev": 1500, "test": 1379}
-    first = read_pairs("stsb/train")[0][0]
-    assert first["text_a"] == "A plane is taking off." and first["label"] == 5.0 and first["gold"] == 1.0
+    from distill.catalog import data_root
+
+    rows = read_pairs("stsb/train")[0]
+    lines = (data_root() / "stsbenchmark" / "sts-train.csv").read_text(encoding="utf-8").splitlines()
+    quoted = next(i for i, line in enumerate(lines) if '"' in line.split("\t")[5])  # a CSV parser would eat these
+    extra = next(i for i, line in enumerate(lines) if len(line.split("\t")) > 7)  # fields after s2
+    for i in (0, quoted, extra, len(lines) - 1):
+        fields = lines[i].split("\t")
+        assert (rows[i]["text_a"], rows[i]["text_b"], rows[i]["label"]) == (fields[5], fields[6], float(fields[4]))
+        assert rows[i]["gold"] == pytest.approx(float(fields[4]) / 5)
 
 
 def test_pair_id_is_stable_and_order_sensitive():

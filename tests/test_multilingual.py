@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from distill.cache import CacheError, ScoreCache, join_caches
 from distill.cli import run
 from distill.data import DataError, make_pair_id
+from distill import catalog
 from distill.evaluation import language_table, tatoeba_accuracy
 from distill.losses import EmbeddingMSE, ScoreRegression
 from distill.multilingual import eval_pairs, pivot_pairs, read_stsb_mt, tatoeba_code
@@ -54,11 +55,11 @@ def test_bad_language_codes_and_misaligned_translations_are_named(tmp_path: Path
     with pytest.raises(DataError, match="unknown language code 'qq'"):
         tatoeba_code("qq")
     assert tatoeba_code("zh") == "cmn" and tatoeba_code("swe") == "swe"
-    root = ROOT / "distill/bundled/stsb_multi_mt"
+    root = catalog.data_root() / "stsb_multi_mt"
     for lang in ("en", "de"):
         lines = (root / f"stsb-{lang}-dev.csv").read_text(encoding="utf-8").splitlines()
         (tmp_path / f"stsb-{lang}-dev.csv").write_text("\n".join(lines[: 50 if lang == "de" else 60]) + "\n")
-    with pytest.raises(DataError, match=r"stsb-de-dev.csv: 50 rows but stsb-en-dev.csv has 60"):
+    with pytest.raises(DataError, match=r"stsb_multi_mt/de/dev: 50 rows but stsb_multi_mt/en/dev has 60"):
         read_stsb_mt("de", "dev", root=tmp_path)
 
 

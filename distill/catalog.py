@@ -1,0 +1,399 @@
+"""The data catalog: one name per public data set, read from a local folder or the Hugging Face Hub.
+
+A name such as `stsb/train`, `stsb_multi_mt/de/test`, `tatoeba/deu`, `flores200/deu_Latn/dev`, `xquad/de`,
+`squad_dev` or `scifact/test` resolves, in this order, to
+(a) the set's folder under the data root (`DISTILL_DATA`; default `../shared/data` from the current folder
+    when it exists, else beside the source checkout distill was installed from, else `~/.cache/distill/data`),
+(b) the set's Hub id through `datasets.load_dataset` (cached by `datasets`).
+Public data sets are never part of the package (DESIGN.md "Where data comes from").
+
+Each entry gives the rows DESIGN.md names (`Entry.rows`):
+- pairs: a `Dataset` (`text_a`, `text_b`, `label`) and `label_range`;
+- parallel: a `Dataset` (`source` in English, `translation`, `lang`);
+- retrieval: a `DatasetDict` of `queries` (`query_id`, `text`, `answers`), `corpus` (`doc_id`, `title`, `text`) and
+  `qrels` (`query_id`, `doc_id`, `relevance`).
+Names keep each set's native language codes; `iso()` turns them into the ISO 639-1 codes of metric keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+from distill.languages import FLORES_CODES, STSB_LANGUAGES, TATOEBA_CHALLENGE_CODES, TATOEBA_CODES, XQUAD_LANGUAGES
+
+
+class CatalogError(ValueError):
+    """A name the catalog cannot resolve, or a set folder it cannot read; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A resolved catalog set: its rows, what they are, and where they came from."""
+
+    name: str
+    kind: str  # pairs | parallel | retrieval
+    rows: Any  # Dataset (pairs, parallel) or DatasetDict (retrieval)
+    licence: str
+    origin: str  # the folder or file read, or `hf:<id>`
+    label_range: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How to read one set: its folder, its files, its Hub id and its licence."""
+
+    kind: str
+    folder: str
+    files: Callable[[list[str]], list[str]]  # name parts -> files (relative to the set folder) that must exist
+    read: Callable[[Path, list[str]], Any]
+    hub: Callable[[list[str]], Any]
+    hub_id: str
+    licence: str
+    label_range: tuple[float, float] | None = None
+
+
+def data_root() -> Path:
+    """The folder of local data sets (`DISTILL_DATA`, else `../shared/data` beside here or the checkout)."""
+    if os.environ.get("DISTILL_DATA"):
+        return Path(os.environ["DISTILL_DATA"]).expanduser()
+    here = Path.cwd() / ".." / "shared" / "data"
+    if here.is_dir():
+        return here.resolve()
+    checkout = Path(__file__).resolve().parents[2] / "shared" / "data"  # an editable install's source tree
+    if checkout.is_dir():
+        return checkout
+    return Path.home() / ".cache" / "distill" / "data"
+
+
+# ------------------------------------------------------------------------------------------- local readers
+
+
+def _stsb(path: Path) -> Dataset:
+    # tab-separated, no header; 197 lines carry extra columns after s2 and quotes are literal,
+    # so split on tabs and take fields 4-6 instead of using a CSV parser (ASSETS.md "format traps")
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    bad = next((i for i, r in enumerate(rows) if len(r) < 7), None)
+    if bad is not None:
+        raise CatalogError(f"{path}, line {bad + 1}: {len(rows[bad])} tab-separated fields, expected >= 7 (genre, "
+                           f"file, year, id, score, s1, s2); this is not the STS-B archive layout: restore the "
+                           f"original sts-*.csv files")
+    return Dataset.from_dict({"text_a": [r[5] for r in rows], "text_b": [r[6] for r in rows],
+                              "label": [_number(r[4], path, i) for i, r in enumerate(rows)]})
+
+
+def _number(value: str, path: Path, i: int) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise CatalogError(f"{path}, line {i + 1}: score {value!r} is not a number; this is not the set's layout "
+                           f"(see ASSETS.md): restore the original file") from None
+
+
+def _stsb_mt(path: Path) -> Dataset:
+    frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8")
+    if frame.shape[1] != 3:
+        raise CatalogError(f"{path}: {frame.shape[1]} comma-separated columns, expected 3 (s1, s2, score); this is "
+                           f"not the stsb_multi_mt layout: restore the original file")
+    return Dataset.from_dict({"text_a": frame[0].tolist(), "text_b": frame[1].tolist(),
+                              "label": [_number(v, path, i) for i, v in enumerate(frame[2])]})
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _parallel(english: list[str], other: list[str], lang: str, where: str) -> Dataset:
+    if len(english) != len(other):
+        raise CatalogError(f"{where}: {len(other)} {lang} lines but {len(english)} English lines; the two sides must "
+                           f"be line-aligned: restore the original files")
+    return Dataset.from_dict({"source": english, "translation": other, "lang": [lang] * len(other)})
+
+
+def _squad(path: Path) -> DatasetDict:
+    """SQuAD-format JSON -> queries (questions with their answers), corpus (paragraphs), qrels (question ->
+    its paragraph). Paragraph ids are `<title>/<index>`, the same in every XQuAD language."""
+    try:
+        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CatalogError(f"{path}: not SQuAD-format JSON ({type(err).__name__}); restore the original file") \
+            from None
+    queries: dict[str, list] = {"query_id": [], "text": [], "answers": [], "answer_starts": []}
+    corpus: dict[str, list] = {"doc_id": [], "title": [], "text": []}
+    qrels: dict[str, list] = {"query_id": [], "doc_id": [], "relevance": []}
+    for article in articles:
+        for k, paragraph in enumerate(article["paragraphs"]):
+            doc_id = f"{article['title']}/{k}"
+            corpus["doc_id"].append(doc_id)
+            corpus["title"].append(article["title"])
+            corpus["text"].append(paragraph["context"])
+            for qa in paragraph["qas"]:
+                queries["query_id"].append(qa["id"])
+                queries["text"].append(qa["question"])
+                queries["answers"].append([a["text"] for a in qa.get("answers", [])])
+                queries["answer_starts"].append([int(a["answer_start"]) for a in qa.get("answers", [])])
+                qrels["query_id"].append(qa["id"])
+                qrels["doc_id"].append(doc_id)
+                qrels["relevance"].append(1)
+    return DatasetDict(queries=Dataset.from_dict(queries), corpus=Dataset.from_dict(corpus),
+                       qrels=Dataset.from_dict(qrels))
+
+
+def _beir(folder: Path, split: str) -> DatasetDict:
+    """BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv; queries kept: those the split judges."""
+    qrels = pd.read_csv(folder / "qrels" / f"{split}.tsv", sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    if list(qrels.columns[:3]) != ["query-id", "corpus-id", "score"]:
+        raise CatalogError(f"{folder / 'qrels' / f'{split}.tsv'}: columns {list(qrels.columns)}, expected query-id, "
+                           f"corpus-id, score (BEIR layout): restore the original file")
+    corpus = pd.read_json(folder / "corpus.jsonl", lines=True, dtype=False)
+    queries = pd.read_json(folder / "queries.jsonl", lines=True, dtype=False)
+    judged = set(qrels["query-id"])
+    queries = queries[queries["_id"].astype(str).isin(judged)]
+    return DatasetDict(
+        queries=Dataset.from_dict({"query_id": queries["_id"].astype(str).tolist(), "text": queries["text"].tolist()}),
+        corpus=Dataset.from_dict({"doc_id": corpus["_id"].astype(str).tolist(), "title": corpus["title"].tolist(),
+                                  "text": corpus["text"].tolist()}),
+        qrels=Dataset.from_dict({"query_id": qrels["query-id"].tolist(), "doc_id": qrels["corpus-id"].tolist(),
+                                 "relevance": qrels["score"].astype(int).tolist()}))
+
+
+def _challenge_pair(code: str) -> str:
+    """Folder of a Tatoeba Challenge pair: the two codes in alphabetical order (`deu-eng`, `eng-fra`)."""
+    return "-".join(sorted((code, "eng")))
+
+
+# ------------------------------------------------------------------------------------------- Hub readers
+
+
+def _load_hub(hub_id: str, config: str | None, split: str) -> Dataset:
+    from datasets import load_dataset  # the Hub route: cached by `datasets`, offline here
+
+    return load_dataset(hub_id, config, split=split)
+
+
+def _hub_pairs(hub_id: str, config: str | None, split: str, a: str, b: str, label: str) -> Dataset:
+    rows = _load_hub(hub_id, config, split)
+    return Dataset.from_dict({"text_a": rows[a], "text_b": rows[b], "label": [float(x) for x in rows[label]]})
+
+
+def _hub_squad(hub_id: str, config: str | None, split: str) -> DatasetDict:
+    rows = _load_hub(hub_id, config, split)
+    articles: dict[str, dict[str, list]] = {}
+    for r in rows:  # the Hub's flat rows back into articles -> paragraphs -> questions, in order
+        paragraphs = articles.setdefault(r["title"], {})
+        paragraphs.setdefault(r["context"], []).append(
+            {"id": r["id"], "question": r["question"],
+             "answers": [{"text": t, "answer_start": s} for t, s in zip(r["answers"]["text"],
+                                                                         r["answers"]["answer_start"])]})
+    payload = {"data": [{"title": t, "paragraphs": [{"context": c, "qas": q} for c, q in ps.items()]}
+                        for t, ps in articles.items()]}
+    return _squad_payload(payload)
+
+
+def _squad_payload(payload: dict) -> DatasetDict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "squad.json"
+        path.write_text(json.dumps(payload), encoding="utf-8")
+        return _squad(path)
+
+
+def _hub_beir(split: str) -> DatasetDict:
+    corpus = _load_hub("BeIR/scifact", "corpus", "corpus")
+    queries = _load_hub("BeIR/scifact", "queries", "queries")
+    qrels = _load_hub("BeIR/scifact-qrels", None, split)
+    judged = {str(x) for x in qrels["query-id"]}
+    keep = [i for i, q in enumerate(queries["_id"]) if str(q) in judged]
+    return DatasetDict(
+        queries=Dataset.from_dict({"query_id": [str(queries["_id"][i]) for i in keep],
+                                   "text": [queries["text"][i] for i in keep]}),
+        corpus=Dataset.from_dict({"doc_id": [str(x) for x in corpus["_id"]], "title": corpus["title"],
+                                  "text": corpus["text"]}),
+        qrels=Dataset.from_dict({"query_id": [str(x) for x in qrels["query-id"]],
+                                 "doc_id": [str(x) for x in qrels["corpus-id"]],
+                                 "relevance": [int(x) for x in qrels["score"]]}))
+
+
+def _hub_flores(code: str, split: str) -> Dataset:
+    english = _load_hub("openlanguagedata/flores_plus", "eng_Latn", split)["text"]
+    return _parallel(english, _load_hub("openlanguagedata/flores_plus", code, split)["text"], code,
+                     f"hf:openlanguagedata/flores_plus:{code}:{split}")
+
+
+def _hub_tatoeba(code: str) -> Dataset:
+    rows = _load_hub("mteb/tatoeba-bitext-mining", f"{code}-eng", "test")
+    return _parallel(rows["sentence2"], rows["sentence1"], code, f"hf:mteb/tatoeba-bitext-mining:{code}-eng")
+
+
+def _hub_challenge(code: str) -> Dataset:
+    pair = _challenge_pair(code)
+    rows = _load_hub("Helsinki-NLP/tatoeba_mt", pair, "test")
+    english, other = ("sourceString", "targetString") if pair.startswith("eng") else ("targetString", "sourceString")
+    return _parallel(rows[english], rows[other], code, f"hf:Helsinki-NLP/tatoeba_mt:{pair}")
+
+
+# ------------------------------------------------------------------------------------------------ the sets
+
+STS_LICENCE = "STS Benchmark: scores CC BY-SA 4.0; texts under the terms of their sources (see its LICENSE.txt)"
+SPLITS = ("train", "dev", "test")
+HUB_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
+
+CATALOG: dict[str, Spec] = {
+    "stsb": Spec("pairs", "stsbenchmark", lambda p: [f"sts-{p[0]}.csv"], lambda d, p: _stsb(d / f"sts-{p[0]}.csv"),
+                 # the Hub copy has scores already in [0, 1]: its label_range says so (see `Entry.label_range`)
+                 lambda p: _hub_pairs("sentence-transformers/stsb", None, HUB_SPLIT[p[0]], "sentence1", "sentence2",
+                                      "score"),
+                 "sentence-transformers/stsb", STS_LICENCE, (0.0, 5.0)),
+    "stsb_multi_mt": Spec("pairs", "stsb_multi_mt", lambda p: [f"stsb-{p[0]}-{p[1]}.csv"],
+                          lambda d, p: _stsb_mt(d / f"stsb-{p[0]}-{p[1]}.csv"),
+                          lambda p: _hub_pairs("PhilipMay/stsb_multi_mt", p[0], p[1], "sentence1", "sentence2",
+                                               "similarity_score"),
+                          "PhilipMay/stsb_multi_mt", "STSb Multi MT (DeepL translations of STS-B): same terms as "
+                          "STS-B, scores CC BY-SA 4.0", (0.0, 5.0)),
+    "tatoeba": Spec("parallel", "tatoeba", lambda p: [f"tatoeba.{p[0]}-eng.{p[0]}", f"tatoeba.{p[0]}-eng.eng"],
+                    lambda d, p: _parallel(_lines(d / f"tatoeba.{p[0]}-eng.eng"),
+                                           _lines(d / f"tatoeba.{p[0]}-eng.{p[0]}"), p[0], str(d)),
+                    lambda p: _hub_tatoeba(p[0]), "mteb/tatoeba-bitext-mining",
+                    "Tatoeba test set (LASER): CC BY 2.0 FR"),
+    "tatoeba_challenge": Spec(
+        "parallel", "tatoeba_challenge",
+        lambda p: [f"{_challenge_pair(p[0])}/tatoeba-test-v2021-08-07.{c}" for c in (p[0], "eng")],
+        lambda d, p: _parallel(_lines(d / _challenge_pair(p[0]) / "tatoeba-test-v2021-08-07.eng"),
+                               _lines(d / _challenge_pair(p[0]) / f"tatoeba-test-v2021-08-07.{p[0]}"), p[0], str(d)),
+        lambda p: _hub_challenge(p[0]), "Helsinki-NLP/tatoeba_mt", "Tatoeba Translation Challenge v2021-08-07: "
+        "CC BY 2.0 FR"),
+    "flores200": Spec("parallel", "flores200", lambda p: [f"{p[1]}/{c}.{p[1]}" for c in (p[0], "eng_Latn")],
+                      lambda d, p: _parallel(_lines(d / p[1] / f"eng_Latn.{p[1]}"), _lines(d / p[1] / f"{p[0]}.{p[1]}"),
+                                             p[0], str(d / p[1])),
+                      lambda p: _hub_flores(p[0], p[1]), "openlanguagedata/flores_plus", "FLORES-200: CC BY-SA 4.0"),
+    "xquad": Spec("retrieval", "xquad", lambda p: [f"xquad.{p[0]}.json"], lambda d, p: _squad(d / f"xquad.{p[0]}.json"),
+                  lambda p: _hub_squad("google/xquad", f"xquad.{p[0]}", "validation"), "google/xquad",
+                  "XQuAD: CC BY-SA 4.0"),
+    "squad_dev": Spec("retrieval", "squad_dev", lambda p: ["dev-v1.1.reconstructed.json"],
+                      lambda d, p: _squad(d / "dev-v1.1.reconstructed.json"),
+                      lambda p: _hub_squad("rajpurkar/squad", None, "validation"), "rajpurkar/squad",
+                      "SQuAD v1.1 dev: CC BY-SA 4.0"),
+    "scifact": Spec("retrieval", "beir_scifact", lambda p: ["corpus.jsonl", "queries.jsonl", f"qrels/{p[0]}.tsv"],
+                    lambda d, p: _beir(d, p[0]), lambda p: _hub_beir(p[0]), "BeIR/scifact",
+                    "BEIR SciFact: CC BY 4.0 (corpus ODC-By)"),
+}
+
+#: the name parts each set takes, with their allowed values
+PARTS: dict[str, list[tuple[str, ...]]] = {
+    "stsb": [SPLITS],
+    "stsb_multi_mt": [STSB_LANGUAGES, SPLITS],
+    "tatoeba": [TATOEBA_CODES],
+    "tatoeba_challenge": [TATOEBA_CHALLENGE_CODES],
+    "flores200": [FLORES_CODES, ("dev", "devtest")],
+    "xquad": [XQUAD_LANGUAGES],
+    "squad_dev": [],
+    "scifact": [("train", "test")],
+}
+
+
+def names() -> list[str]:
+    """Every name the catalog resolves."""
+    out = []
+    for dataset, parts in PARTS.items():
+        combos: list[list[str]] = [[]]
+        for allowed in parts:
+            combos = [c + [v] for c in combos for v in allowed]
+        out += ["/".join([dataset, *c]) for c in combos]
+    return out
+
+
+def is_name(source: str) -> bool:
+    """Whether `source` is meant as a catalog name: no such file, not `hf:`, and a catalog set's first part or
+    no file suffix (so a mistyped name gets the catalog's close matches, not "no such file")."""
+    if source.startswith("hf:") or Path(source).exists():
+        return False
+    return source.split("/")[0] in CATALOG or not Path(source).suffix
+
+
+def _parse(name: str) -> tuple[str, list[str]]:
+    dataset, *parts = name.split("/")
+    allowed = PARTS.get(dataset)
+    if allowed is None or len(parts) != len(allowed) or any(p not in a for p, a in zip(parts, allowed)):
+        close = difflib.get_close_matches(name, names(), n=4, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else f"sets: {', '.join(_patterns())}"
+        raise CatalogError(f"unknown data set {name!r}; {hint} (or give a file path, or hf:<hub id>[:<config>]:<split>)")
+    return dataset, parts
+
+
+def _patterns() -> list[str]:
+    """`flores200/<afr_Latn|amh_Ethi|…>/<dev|devtest>`-style patterns of every set, for error messages."""
+    def part(allowed: tuple[str, ...]) -> str:
+        return "<" + "|".join(allowed[:3]) + ("|…" if len(allowed) > 3 else "") + ">"
+
+    return ["/".join([dataset, *(part(a) for a in parts)]) for dataset, parts in PARTS.items()]
+
+
+@lru_cache(maxsize=64)
+def _load(name: str, root: str) -> Entry:
+    dataset, parts = _parse(name)
+    spec = CATALOG[dataset]
+    folder = Path(root) / spec.folder
+    if folder.is_dir():  # (a) the local folder: every file of the set must be there
+        missing = [f for f in spec.files(parts) if not (folder / f).is_file()]
+        if missing:
+            raise CatalogError(f"{name}: {folder / missing[0]} is missing; the folder {folder} is incomplete: restore "
+                               f"it, or point DISTILL_DATA at a complete copy")
+        rows, origin = spec.read(folder, parts), str(folder)
+        label_range = spec.label_range
+    else:  # (b) the Hub, cached by `datasets`
+        try:
+            rows = spec.hub(parts)
+        except CatalogError:
+            raise
+        except Exception as err:  # noqa: BLE001 - offline, gated or renamed: one line, whatever datasets raises
+            raise CatalogError(
+                f"{name}: no folder {folder} (DISTILL_DATA={os.environ.get('DISTILL_DATA', '<unset>')}) and the Hub "
+                f"set {spec.hub_id} could not be loaded ({type(err).__name__}); set DISTILL_DATA to a folder holding "
+                f"{spec.folder}/, or go online") from None
+        origin = f"hf:{spec.hub_id}"
+        label_range = (0.0, 1.0) if dataset == "stsb" else spec.label_range
+    return Entry(name, spec.kind, rows, spec.licence, origin, label_range)
+
+
+def load(name: str) -> Entry:
+    """Resolve a catalog name to its rows (local folder first, then the Hub); see the module docstring.
+
+    Raises:
+        CatalogError: an unknown name (with close matches), a set folder missing a file or in another layout,
+            or neither route available (names the folder, the Hub id and `DISTILL_DATA`).
+    """
+    return _load(name, str(data_root()))
+
+
+def load_hf(source: str) -> Dataset:
+    """`hf:<hub id>[:<config>]:<split>` -> the rows of that Hub set, through `datasets.load_dataset`."""
+    parts = source[len("hf:"):].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise CatalogError(f"{source!r}: expected hf:<hub id>[:<config>]:<split>, e.g. hf:sentence-transformers/stsb:"
+                           f"train")
+    hub_id, config, split = parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
+    try:
+        return _load_hub(hub_id, config, split)
+    except Exception as err:  # noqa: BLE001 - offline, gated or unknown: one line
+        raise CatalogError(f"{source}: the Hub set {hub_id} could not be loaded ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:120] if str(err) else ''}); go online, or download it and "
+                           f"give the file path instead") from None
+
+
+def licence(source: str) -> str:
+    """The licence of a data source: a catalog set's, else a note that the file's own terms apply."""
+    if is_name(source):
+        return CATALOG[source.split("/")[0]].licence
+    if source.startswith("hf:"):
+        return f"see the Hub card of {source[3:].split(':')[0]}"
+    return f"{source}: a local file; its own terms apply"
