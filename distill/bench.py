@@ -162,8 +162,8 @@ def _data(source: str, label_range: tuple[float, float] | None, max_pairs: int |
         from_pairs = min(len(pool), pool_size)
         pool = pool[:pool_size]
         if len(pool) < pool_size:  # larger pools: English sides of the Tatoeba test sets (catalog), in code order
-            from distill.multilingual import read_tatoeba
             from distill.languages import TATOEBA_CODES
+            from distill.multilingual import read_tatoeba
 
             seen = set(pool) | taken
             for code in TATOEBA_CODES:
@@ -176,8 +176,8 @@ def _data(source: str, label_range: tuple[float, float] | None, max_pairs: int |
             pool = pool[:pool_size]
         data.update(queries=qs, pool=pool,
                     pool_source=f"{from_pairs} distinct sentences of {source} (queries excluded)"
-                                + (f", then {len(pool) - from_pairs} English sentences of the Tatoeba (catalog `tatoeba/<code>`) "
-                                   f"test sets" if len(pool) > from_pairs else ""))
+                                + (f", then {len(pool) - from_pairs} English sentences of the Tatoeba test sets "
+                                   f"(catalog `tatoeba/<code>`)" if len(pool) > from_pairs else ""))
         if len(pool) < pool_size:
             raise BenchError(f"n_candidates asks for {pool_size} candidates; only {len(pool)} sentences exist")
     return data

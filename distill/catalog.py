@@ -326,7 +326,8 @@ def _parse(name: str) -> tuple[str, list[str]]:
     if allowed is None or len(parts) != len(allowed) or any(p not in a for p, a in zip(parts, allowed)):
         close = difflib.get_close_matches(name, names(), n=4, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else f"sets: {', '.join(_patterns())}"
-        raise CatalogError(f"unknown data set {name!r}; {hint} (or give a file path, or hf:<hub id>[:<config>]:<split>)")
+        raise CatalogError(f"unknown data set {name!r}; {hint} (or give a file path, or "
+                           f"hf:<hub id>[:<config>]:<split>)")
     return dataset, parts
 
 

@@ -385,9 +385,9 @@ class PairDataModule(pl.LightningDataModule):
     tokenises exactly as the model does: the backbone is given once, in the model.
 
     Args:
-        train: a pair file (csv/tsv/jsonl/parquet) a catalog name such as `stsb/train`, or hf:<id>[:<config>]:<split>; a list concatenates
-            several (e.g. `[stsb/train, runs/silver/pairs.parquet]`: rows without a label get gold NaN, which
-            gold objectives leave out).
+        train: a pair file (csv/tsv/jsonl/parquet), a catalog name such as `stsb/train`, or
+            `hf:<id>[:<config>]:<split>`; a list concatenates several (e.g. `[stsb/train,
+            runs/silver/pairs.parquet]`: rows without a label get gold NaN, which gold objectives leave out).
         val: pairs for validation and checkpoint selection (never a test split).
         test: pairs for `distill test`.
         predict: pairs (teacher) or texts (student, column `text_a_column` or `text`) for `distill predict`.

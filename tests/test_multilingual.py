@@ -12,10 +12,10 @@ import torch
 from cli_args import QUIET, ROOT, cache_args
 from scipy.stats import spearmanr
 
+from distill import catalog
 from distill.cache import CacheError, ScoreCache, join_caches
 from distill.cli import run
 from distill.data import DataError, make_pair_id
-from distill import catalog
 from distill.evaluation import language_table, tatoeba_accuracy
 from distill.losses import EmbeddingMSE, ScoreRegression
 from distill.multilingual import eval_pairs, pivot_pairs, read_stsb_mt, tatoeba_code
