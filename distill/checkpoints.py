@@ -13,6 +13,48 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the configured model; the message names the file and the fix."""
 
 
+# A checkpoint's hyperparameters name the classes that rebuild the model: only the project's own may be built
+# from them, or loading a file would run whatever callable it names (`os.system`, `subprocess.Popen`, ...)
+TRUSTED_MODULES = ("teachers", "students", "distill.module", "distill.losses")
+
+
+def is_trusted(class_path: str) -> bool:
+    """Whether `class_path` names something inside one of the project's model/objective modules."""
+    module = class_path.rpartition(".")[0]
+    return any(module == m or module.startswith(m + ".") for m in TRUSTED_MODULES)
+
+
+def check_class_paths(hparams: Any, path: str | Path, key: str = "") -> None:
+    """Refuse hyperparameters that name a class outside TRUSTED_MODULES, at any depth, before anything is built."""
+    if isinstance(hparams, dict):
+        for name, value in hparams.items():
+            if name in ("class_path", "_class_path") and not (isinstance(value, str) and is_trusted(value)):
+                raise CheckpointError(
+                    f"{path}: its hyperparameters name {value!r} ({key or 'model'}), which is not a distill model, "
+                    f"student or objective class; refusing to build it: pass a checkpoint that `distill fit` wrote")
+            check_class_paths(value, path, f"{key}.{name}" if key else str(name))
+    elif isinstance(hparams, (list, tuple)):
+        for i, value in enumerate(hparams):
+            check_class_paths(value, path, f"{key}[{i}]")
+
+
+def _trusted_class(class_path: str, path: str | Path) -> type[nn.Module]:
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"{path}: its hyperparameters name {class_path!r}, which does not exist here; "
+                              f"pass a checkpoint made with this version of distill") from None
+    # a trusted module also holds what it imported (torch, transformers): the class must be defined in ours
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and is_trusted(f"{cls.__module__}.x")):
+        raise CheckpointError(f"{path}: its hyperparameters name {class_path!r}, which is not a distill model, "
+                              f"student or objective class; refusing to build it: pass a checkpoint that "
+                              f"`distill fit` wrote")
+    return cls
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint on CPU (tensors and plain types only)."""
     try:
@@ -47,10 +89,9 @@ def load_model(path: str | Path) -> tuple[str, nn.Module, dict[str, Any]]:
     Returns (`teacher` | `student`, the `CrossEncoder` LightningModule or the `BiEncoder`, metadata: the class
     path, the hyperparameters and, for students, the scoring mode chosen on validation data).
     """
-    import importlib
-
     ckpt = read_checkpoint(path)
     hp = dict(ckpt.get("hyper_parameters", {}))
+    check_class_paths(hp, path)
     class_path = hp.pop("_class_path", None)
     hp.pop("_instantiator", None)
     state = ckpt["state_dict"]
@@ -60,8 +101,7 @@ def load_model(path: str | Path) -> tuple[str, nn.Module, dict[str, Any]]:
         if not isinstance(spec, dict) or "class_path" not in spec:
             raise CheckpointError(f"{path}: a student checkpoint without its student config (made outside "
                                   f"`distill fit`); pass a checkpoint that `distill fit` wrote")
-        module, name = spec["class_path"].rsplit(".", 1)
-        student = getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+        student = _trusted_class(spec["class_path"], path)(**spec.get("init_args", {}))
         own = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
         check_fits(student, own, path)
         student.load_state_dict(own)
