@@ -14,10 +14,13 @@ from typing import Any
 
 import jsonargparse
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from distill import predict
-from distill.checkpoints import CheckpointError, check_fits, read_checkpoint
+from distill.checkpoints import CheckpointError, check_class_paths, check_fits, is_trusted, read_checkpoint
+from distill.signals import Preempted, StopOnSigterm, stopped_message
 
 # verb -> "module:function"; imported on use so `distill fit` does not pay for onnxruntime or matplotlib
 TOOLS = {
@@ -49,19 +52,51 @@ class DistillCLI(LightningCLI):
         # configured model; refuse a file that is not a checkpoint, or one of another model class, first
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            saved = read_checkpoint(path).get("hyper_parameters", {}).get("_class_path")
-            configured = (self.config[subcommand].get("model") or {}).get("class_path")
-            if saved and configured and saved != configured:
-                raise CheckpointError(f"{path} is a checkpoint of {saved}, but the config's model is {configured}; "
-                                      f"pass a checkpoint made with this config")
+        if not (path and Path(path).is_file()):
+            return
+        hparams = read_checkpoint(path).get("hyper_parameters", {})
+        # the merged hyperparameters are instantiated next (objectives accept any nn.Module): a checkpoint may
+        # only name the project's own classes, or loading it would build whatever it names
+        check_class_paths(hparams, path)
+        saved = hparams.get("_class_path")
+        configured = (self.config[subcommand].get("model") or {}).get("class_path")
+        if saved and configured and saved != configured:
+            raise CheckpointError(f"{path} is a checkpoint of {saved}, but the config's model is {configured}; "
+                                  f"pass a checkpoint made with this config")
         super()._parse_ckpt_path()
+        # jsonargparse also reads a bare string as a class path: check what the merge resolved to
+        model = self.config[subcommand].get("model")
+        for class_path in _class_paths(model):
+            if not is_trusted(class_path):
+                raise CheckpointError(f"{path}: its hyperparameters make the model build {class_path!r}, which is "
+                                      f"not a distill model, student or objective class; refusing to build it: pass "
+                                      f"a checkpoint that `distill fit` wrote")
+
+    def before_instantiate_classes(self) -> None:
+        # refuse before the backbone is loaded: without a writer, predict would compute everything and keep nothing
+        if self.subcommand == "predict" and not self.config["predict"].get("predictions") \
+                and not _has_writer(self.config["predict"].get("trainer", {}).get("callbacks")):
+            raise ValueError("distill predict: nothing would be written: pass --predictions <file.parquet>")
 
     def _check_checkpoint(self) -> None:
         # Lightning would fail deep inside with an unpickling error or a strict load_state_dict traceback
         path = self.config[self.subcommand].get("ckpt_path")
+        if path == "last":
+            path = _last_checkpoint(self.trainer)
+            if path is not None:
+                try:
+                    read_checkpoint(path)
+                except CheckpointError:
+                    raise CheckpointError(
+                        f"{path} (--ckpt_path last) is not a readable checkpoint: truncated or corrupt, e.g. the run "
+                        f"was killed while saving it; delete it and pass an earlier checkpoint of {Path(path).parent} "
+                        f"with --ckpt_path, or start afresh without --ckpt_path") from None
         if path and path not in ("last", "best", "hpc", "registry"):
             check_fits(self.model, read_checkpoint(path)["state_dict"], path)
+        elif not path and self.subcommand in ("validate", "test") and self.trainer.is_global_zero:
+            # zero-shot evaluation is legitimate, but must not pass for the evaluation of a trained model
+            print(f"distill {self.subcommand}: no --ckpt_path: evaluating the model as configured (zero-shot, no "
+                  f"trained weights loaded)", file=sys.stderr, flush=True)
 
     before_fit = before_validate = before_test = _check_checkpoint
 
@@ -70,6 +105,56 @@ class DistillCLI(LightningCLI):
         path = self.config["predict"].get("predictions")
         if path:
             self.trainer.callbacks.append(predict.ParquetWriter(path))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Lightning's SIGTERM ends fit as a SystemExit with status 0 and never stops predict: stop every verb
+        # within a batch, keep a resumable checkpoint when fitting, and exit 143 (distill.signals)
+        stop = StopOnSigterm()
+        self.trainer.callbacks.append(stop)
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException as err:
+            raise Preempted(stopped_message(subcommand, self.trainer, stop.saved)) from err
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in kwargs:  # --ckpt_path is unpickled with tensors and plain types only, never code
+            kwargs["weights_only"] = True
+        return kwargs
+
+
+def _class_paths(config: Any) -> list[str]:
+    """Every `class_path` value in a (nested) config: dicts, lists and jsonargparse Namespaces."""
+    if hasattr(config, "as_dict"):
+        config = config.as_dict()
+    if isinstance(config, dict):
+        own = [config["class_path"]] if isinstance(config.get("class_path"), str) else []
+        return own + [p for v in config.values() for p in _class_paths(v)]
+    if isinstance(config, (list, tuple)):
+        return [p for v in config for p in _class_paths(v)]
+    return []
+
+
+def _has_writer(callbacks: Any) -> bool:
+    """Whether the configured trainer callbacks include a prediction writer of the user's own."""
+    for class_path in _class_paths(callbacks):
+        module, _, name = class_path.rpartition(".")
+        try:
+            if issubclass(getattr(importlib.import_module(module), name), BasePredictionWriter):
+                return True
+        except (ImportError, AttributeError, TypeError):
+            continue
+    return False
+
+
+def _last_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The file `--ckpt_path last` resolves to (Lightning's rule: the newest `last*.ckpt` of the checkpointers)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    found = {p for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+             for p in cb._find_last_checkpoints(trainer)}
+    found = {p for p in found if os.path.isfile(p)}
+    return max(found, key=os.path.getmtime) if found else None
 
 
 def _bare_flags(tool: Any, args: list[str]) -> list[str]:
@@ -133,19 +218,43 @@ def _help() -> str:
         except ImportError as err:
             doc = f"(unavailable: {err})"
         lines.append(f"  {verb:<11} {doc}")
-    lines += ["", "`distill <verb> --help` shows a verb's options; `--print_config` prints a resolved config."]
+    lines += ["", "`distill <verb> --help` shows a verb's options; `--print_config` prints a resolved config.",
+              "Errors end in one `distill: error:` line; set DISTILL_DEBUG=1 to get the full traceback instead.",
+              "SIGTERM stops a verb within a batch (fit saves last.ckpt to resume from) and exits with status 143."]
     return "\n".join(lines)
 
 
+# the module a missing import belongs to -> the extra that installs it (pyproject.toml)
+EXTRAS = {"sentence_transformers": "export", "onnx": "export", "onnxruntime": "export", "onnxscript": "export",
+          "sklearn": "sweeps", "jsonschema": "sweeps", "jsonref": "sweeps", "pydantic": "sweeps", "yaml": "sweeps",
+          "sentencepiece": "multilingual", "faiss": "faiss", "matplotlib": "all", "accelerate": "all"}
+
+
+def _debug() -> bool:
+    return os.environ.get("DISTILL_DEBUG", os.environ.get("DISTILL_TRACEBACK")) == "1"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `distill` console script: bad input ends in one line naming the problem and the fix
-    (set DISTILL_TRACEBACK=1 for the full traceback)."""
+    """Entry point of the `distill` console script: an error ends in one line naming the problem and the fix
+    (status 2; DISTILL_DEBUG=1 shows the full traceback instead); SIGTERM ends it with status 143."""
     try:
         run(argv, one_line_errors=True)
-    except (ValueError, FileNotFoundError, argparse.ArgumentError) as err:
-        if os.environ.get("DISTILL_TRACEBACK") == "1":
+    except Preempted as stop:
+        print(f"distill: {stop.message}", file=sys.stderr, flush=True)
+        raise
+    except ImportError as err:
+        top = (err.name or "").split(".")[0]
+        if _debug() or top not in EXTRAS:
             raise
-        print(f"distill: error: {_cause(err)}", file=sys.stderr)
+        print(f"distill: error: {top} is not installed (needed here: {err}); install it with "
+              f"pip install 'distill[{EXTRAS[top]}]'", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, FileNotFoundError, argparse.ArgumentError, RuntimeError) as err:
+        if _debug():
+            raise
+        # a RuntimeError is rarely the user's input: say how to see where it came from
+        hint = " (set DISTILL_DEBUG=1 for the traceback)" if isinstance(err, RuntimeError) else ""
+        print(f"distill: error: {_cause(err)}{hint}", file=sys.stderr)
         sys.exit(2)
 
 
