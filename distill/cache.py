@@ -3,13 +3,14 @@
 Layout of a cache directory (DESIGN.md "Score cache"):
 - `manifest.json` (format 1): teacher and data fingerprints, `score_transform`, shards, `complete`;
 - `shard-{start:09d}-{end:09d}.parquet`: columns `pair_id`, `score` (float32 raw teacher output; a `scores`
-  list for multi-class teachers), named by pair range so a rerun with another number of processes resumes.
+  list for multi-class teachers), `key` (int64 hash of `pair_id`) and `text_key` (int64 hash of the normalised
+  texts, so a stale cache is refused), named by pair range so a rerun with another number of processes resumes.
 Shards are written to a temp file and renamed; a rerun recomputes only shards that do not verify.
+Reading back (`ScoreCache`, `join_caches`) lives in `distill.cache_join`; it is re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,107 +27,37 @@ from datasets import Dataset
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
+from distill.cache_join import (  # noqa: F401 - re-exported: callers import the reader from here
+    FORMAT_VERSION,
+    MANIFEST,
+    CacheError,
+    ScoreCache,
+    apply_transform,
+    join_caches,
+    read_manifest,
+    sha256_file,
+)
+from distill.cache_keys import CHUNK, hash64, text_keys_of
 from distill.checkpoints import check_fits, read_checkpoint
-from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize, tokenizer_fingerprint
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-class CacheError(ValueError):
-    """A cache that does not match the teacher or data it is used with; the message names the field."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from distill.data import (
+    PairCollator,
+    PairDataModule,
+    fingerprint,
+    load_tokenizer,
+    make_pair_id,
+    tokenize,
+    tokenizer_fingerprint,
+)
 
 
 def shard_name(start: int, end: int) -> str:
     return f"shard-{start:09d}-{end:09d}.parquet"
 
 
-def apply_transform(raw: np.ndarray, transform: str, label_range: list[float] | None = None) -> np.ndarray:
-    """Map raw teacher outputs onto the target scale [0, 1] (or leave them, for `identity`)."""
-    if transform == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-raw))
-    if transform == "affine-from-label_range":
-        lo, hi = label_range  # type: ignore[misc]
-        return (raw - lo) / (hi - lo)
-    if transform == "identity":
-        return raw
-    raise CacheError(f"unknown score_transform {transform!r} in the manifest; expected sigmoid, "
-                     f"affine-from-label_range or identity")
-
-
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
-
-
-class ScoreCache:
-    """A complete score cache directory, read back as targets on a known scale."""
-
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        path = self.directory / MANIFEST
-        if not path.is_file():
-            raise CacheError(f"{self.directory} is not a score cache (no {MANIFEST}); run `distill cache` first or "
-                             f"fix data.init_args.cache_dir")
-        self.manifest = read_manifest(path)
-        if not self.manifest.get("complete"):
-            raise CacheError(f"{path}: the cache is incomplete (interrupted run); re-run `distill cache` to finish it")
-
-    def scores(self) -> dict[str, float | list[float]]:
-        """pair_id -> transformed teacher score, after verifying every shard's checksum."""
-        out: dict[str, Any] = {}
-        transform = self.manifest["teacher"]["score_transform"]
-        for shard in self.manifest["shards"]:
-            path = self.directory / shard["file"]
-            if not path.is_file() or sha256_file(path) != shard["sha256"]:
-                raise CacheError(f"{path}: missing or its sha256 differs from the manifest (corrupt shard); "
-                                 f"re-run `distill cache` to recompute it")
-            table = pq.read_table(path)
-            column = "score" if "score" in table.column_names else "scores"
-            raw = np.asarray(table.column(column).to_pylist(), dtype=np.float32)
-            values = apply_transform(raw, transform, self.manifest["data"].get("label_range"))
-            out.update(zip(table.column("pair_id").to_pylist(), values.tolist()))
-        return out
-
-    def join(self, rows: Dataset) -> Dataset:
-        """Add a `score` column to `rows`, looked up by `pivot_id` where present, else by `pair_id`."""
-        return join_caches([self], rows)
-
-
-def join_caches(caches: list[ScoreCache], rows: Dataset) -> Dataset:
-    """Add a `score` column from one or several caches (e.g. gold pairs' and mined silver pairs' caches).
-
-    Raises:
-        CacheError: some rows have a score in none of the caches; names the first, each cache's data and the fix.
-    """
-    key = "pivot_id" if "pivot_id" in rows.column_names else "pair_id"
-    scores: dict[str, Any] = {}
-    for cache in caches:
-        scores.update(cache.scores())
-    ids = rows[key]
-    missing = [i for i, pid in enumerate(ids) if pid not in scores]
-    if missing:
-        made_for = "; ".join(f"{c.directory} was made for {d['source']} split {d['split']} "
-                             f"(data.fingerprint {d['fingerprint'][:12]})" for c in caches
-                             for d in [c.manifest['data']])
-        first = missing[0]
-        texts = f" ({rows[first]['text_a'][:40]!r} / {rows[first]['text_b'][:40]!r})" if "text_b" in rows.column_names \
-            else ""
-        raise CacheError(
-            f"{len(missing)} of {len(ids)} training pairs have no teacher score (first {key} {ids[first]!r}{texts}); "
-            f"{made_for}. Re-run `distill cache` on this data (mined pairs: `distill cache --data.init_args.train "
-            f"<mined file> --out <dir>`) and list every cache in data.init_args.cache_dir"
-        )
-    return rows.add_column("score", [scores[pid] for pid in ids])
 
 
 class ShardBatchSampler(Sampler[list[int]]):
@@ -156,9 +87,10 @@ class ShardBatchSampler(Sampler[list[int]]):
 class ShardWriter(BasePredictionWriter):
     """Writes each shard atomically as soon as its last batch is scored (a kill loses one shard at most)."""
 
-    def __init__(self, directory: Path, shards: list[tuple[int, int]], pair_ids: list[str]) -> None:
+    def __init__(self, directory: Path, shards: list[tuple[int, int]], pair_ids: list[str],
+                 text_keys: np.ndarray | None = None) -> None:
         super().__init__(write_interval="batch")
-        self.directory, self.shards, self.pair_ids = directory, shards, pair_ids
+        self.directory, self.shards, self.pair_ids, self.text_keys = directory, shards, pair_ids, text_keys
         self.pending: dict[int, dict[int, Any]] = {}  # shard -> row index -> score
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: dict[str, Any],
@@ -169,18 +101,40 @@ class ShardWriter(BasePredictionWriter):
         rows.update(zip(batch_indices, scores))
         start, end = self.shards[k]
         if len(rows) == end - start:
-            write_shard(self.directory, start, end, self.pair_ids[start:end], [rows[i] for i in range(start, end)])
+            write_shard(self.directory, start, end, self.pair_ids[start:end], [rows[i] for i in range(start, end)],
+                        None if self.text_keys is None else self.text_keys[start:end])
             del self.pending[k]
 
 
-def write_shard(directory: Path, start: int, end: int, pair_ids: list[str], scores: list[Any]) -> None:
-    column = "scores" if scores and isinstance(scores[0], list) else "score"
-    kind = pa.list_(pa.float32()) if column == "scores" else pa.float32()
-    table = pa.table({"pair_id": pa.array(pair_ids, pa.string()), column: pa.array(scores, kind)})
+def write_shard(directory: Path, start: int, end: int, pair_ids: list[str], scores: list[Any] | np.ndarray,
+                text_keys: np.ndarray | None = None) -> None:
+    """Write one shard atomically: `pair_id`, `score` (or multi-class `scores`), `key` and, given the pairs'
+    `text_keys` (`distill.cache_keys.text_keys`), `text_key`; a 2-D `scores` array means multi-class."""
+    multi = (len(scores) and isinstance(scores[0], list)) or getattr(scores, "ndim", 1) == 2
+    kind = pa.list_(pa.float32()) if multi else pa.float32()
+    ids = pa.array(pair_ids, pa.string())
+    columns = {"pair_id": ids, "scores" if multi else "score": pa.array(list(scores) if multi else scores, kind),
+               "key": pa.array(hash64(ids), pa.int64())}
+    if text_keys is not None:
+        columns["text_key"] = pa.array(np.asarray(text_keys, np.int64))
     path = directory / shard_name(start, end)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
+    pq.write_table(pa.table(columns), tmp)
     os.replace(tmp, path)
+
+
+def stored_text_keys(rows: Dataset) -> np.ndarray:
+    """The `text_key` column to write: the texts' hash where the pair_id is user-supplied (id_column), so that
+    training refuses the scores once those texts are edited; 0 where the id already hashes the texts
+    (`make_pair_id`): such an id cannot go stale, and the join then skips hashing that row's texts."""
+    keys = text_keys_of(rows)
+    i = 0
+    for batch in rows.select_columns(["pair_id", "text_a", "text_b"]).iter(batch_size=CHUNK):
+        n = len(batch["pair_id"])
+        hashed = [p == make_pair_id(a, b) for p, a, b in zip(batch["pair_id"], batch["text_a"], batch["text_b"])]
+        keys[i:i + n][np.array(hashed, bool)] = 0
+        i += n
+    return keys
 
 
 def _shard_ok(path: Path, pair_ids: list[str], sha256: str | None) -> bool:
@@ -205,20 +159,6 @@ def load_teacher_checkpoint(teacher: pl.LightningModule, ckpt_path: str) -> None
         raise CacheError(f"{ckpt_path} was trained with {', '.join(differing)}; set teacher.init_args to match")
     check_fits(teacher, ckpt["state_dict"], ckpt_path)
     teacher.load_state_dict(ckpt["state_dict"])
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest, or a one-line error for a corrupt or foreign one."""
-    try:
-        manifest = json.loads(path.read_text())
-        manifest["teacher"], manifest["data"]  # noqa: B018 - the keys every reader needs
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CacheError(f"{path}: not a readable score-cache manifest ({type(err).__name__}); delete the "
-                         f"cache directory or re-run `distill cache` with --overwrite") from None
-    if manifest.get("format") != FORMAT_VERSION:
-        raise CacheError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT_VERSION}; "
-                         f"re-run `distill cache` with --overwrite")
-    return manifest
 
 
 def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str, Any]:
@@ -299,12 +239,13 @@ def main(
     n = len(rows)
     shards = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
     pair_ids = rows["pair_id"]
+    keys = stored_text_keys(rows)
     known = {s["file"]: s["sha256"] for s in (old or {}).get("shards", [])}
     todo = {k for k, (s, e) in enumerate(shards)
             if not _shard_ok(directory / shard_name(s, e), pair_ids[s:e], known.get(shard_name(s, e)))}
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
                          logger=False, use_distributed_sampler=False, enable_checkpointing=False,
-                         callbacks=[ShardWriter(directory, shards, pair_ids)])
+                         callbacks=[ShardWriter(directory, shards, pair_ids, keys)])
     if trainer.is_global_zero and (old is None or todo):
         # not complete while shards are (re)computed; the verified ones stay listed so a rerun can skip them
         _write_json_atomic(manifest_path, {**expected, "shards": (old or {}).get("shards", []), "complete": False})
