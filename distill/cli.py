@@ -244,10 +244,12 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except ImportError as err:
         top = (err.name or "").split(".")[0]
-        if _debug() or top not in EXTRAS:
+        hinted = "pip install" in str(err)  # ours already name the extra (onnx_backend, export)
+        if _debug() or not (hinted or top in EXTRAS):
             raise
-        print(f"distill: error: {top} is not installed (needed here: {err}); install it with "
-              f"pip install 'distill[{EXTRAS[top]}]'", file=sys.stderr)
+        line = str(err).splitlines()[0] if hinted else (f"{top} is not installed ({err}); install it with "
+                                                        f"pip install 'distill[{EXTRAS[top]}]'")
+        print(f"distill: error: {line}", file=sys.stderr)
         sys.exit(2)
     except (ValueError, FileNotFoundError, argparse.ArgumentError, RuntimeError) as err:
         if _debug():
