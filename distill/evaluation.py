@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,27 @@ class SpearmanByMode(nn.Module):
     def reset(self) -> None:
         for metric in self.metrics.values():
             metric.reset()
+
+    @property
+    def update_count(self) -> int:
+        """Batches this process added since the last reset."""
+        return next(iter(self.metrics.values())).update_count
+
+
+def compute_sets(sets: Mapping[str, SpearmanByMode],
+                 reduce: Callable[[Tensor], Tensor]) -> dict[str, dict[str, Tensor]]:
+    """Spearman of every named set that any process saw a batch of, computed on every process.
+
+    Under DDP `compute()` is collective (it gathers every rank's scores): a rank that skipped a set because it
+    saw none of its batches (a small dev set, the sanity check) would leave the others waiting forever. So the
+    batch counts are summed across ranks first (`reduce`, e.g. the strategy's sum all-reduce) and every rank
+    computes the same sets; a set no rank saw is skipped everywhere.
+    """
+    if not sets:
+        return {}
+    device = next(iter(next(iter(sets.values())).metrics.values())).device
+    counts = reduce(torch.tensor([float(m.update_count) for m in sets.values()], device=device))
+    return {name: metric.compute() for (name, metric), seen in zip(sets.items(), counts.tolist()) if seen > 0}
 
 
 def tatoeba_accuracy(encode: Any, languages: list[str], max_sentences: int | None = None) -> dict[str, float]:

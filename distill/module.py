@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from distill.evaluation import SpearmanByMode
+from distill.evaluation import SpearmanByMode, compute_sets
 from distill.losses import ScoreRegression
 from distill.losses.score_regression import check_weight
 from students import BiEncoder
@@ -220,9 +220,9 @@ class DistillModule(pl.LightningModule):
             metrics.reset()
             return values
         self._memo.clear()
-        # a set no batch reached (the sanity check's few batches, `limit_val_batches`) has nothing to compute
-        per_set = {name: metric.compute() for name, metric in sets.items()
-                   if next(iter(metric.metrics.values())).update_count}
+        # a set no batch reached on any rank (the sanity check's few batches, `limit_val_batches`) has nothing to
+        # compute; one that some rank saw is computed on all of them (compute is collective under DDP)
+        per_set = compute_sets(sets, lambda counts: self.trainer.strategy.reduce(counts, reduce_op="sum"))
         for name, values in per_set.items():
             self.log_dict({f"{split}/spearman_{m}/{name}": v for m, v in values.items()})
         for metric in sets.values():
