@@ -14,10 +14,14 @@ from torch.utils.data import DataLoader
 
 
 def rng_state() -> dict[str, Any]:
-    """Global RNG states in types `torch.load(weights_only=True)` accepts (no numpy arrays)."""
+    """Global RNG states in types `torch.load(weights_only=True)` accepts (no numpy arrays); with CUDA, every
+    visible device's generator too (dropout on a GPU draws from it, not from the CPU generator)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -25,6 +29,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    cuda = state.get("cuda")
+    # a checkpoint from another number of GPUs (or a CPU resume of a GPU run) keeps the fresh CUDA states:
+    # same batches and order, other dropout masks
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 class ResumableLoader(DataLoader):
