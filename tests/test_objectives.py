@@ -129,5 +129,11 @@ def test_new_objective_weights_have_dotted_cli_keys(capsys):
         run(["fit", "--config", str(ROOT / "configs/student/contrastive.yaml"),
              "--model.init_args.objectives.margin_mse.init_args.weight=0.25",
              "--model.init_args.objectives.listwise_kl.init_args.temperature=0.1", "--print_config"])
-    printed = capsys.readouterr().out
-    assert "weight: 0.25" in printed and "temperature: 0.1" in printed
+    import yaml
+
+    objectives = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["objectives"]
+    # parsed, not substrings: `teacher_temperature: 0.1` (the config's own) must not pass for the override
+    assert objectives["margin_mse"]["init_args"]["weight"] == 0.25
+    assert objectives["listwise_kl"]["init_args"]["temperature"] == 0.1
+    assert objectives["listwise_kl"]["init_args"]["teacher_temperature"] == 0.1  # untouched
+    assert objectives["info_nce"]["init_args"]["weight"] == 1.0  # only the named objective changed
