@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from distill import catalog
 from distill.checkpoints import check_fits, read_checkpoint
 from distill.data import FORMATS, DataError, make_pair_id, normalise, read_pairs
 from students import BiEncoder
@@ -37,8 +38,14 @@ def pool_texts(sources: list[str]) -> list[str]:
     """Unique texts (both sides of every pair, first occurrence kept) of pair files or catalog sets (`stsb/train`)."""
     seen: dict[str, str] = {}
     for source in sources:
-        rows, _ = read_pairs(source, label_column=None)
-        for text in [*rows["text_a"], *rows["text_b"]]:
+        if catalog.is_name(source) and source.split("/")[0] in catalog.CATALOG and \
+                catalog.CATALOG[source.split("/")[0]].kind == "parallel":  # parallel text: both sides
+            rows = catalog.load(source).rows
+            texts = [*rows["source"], *rows["translation"]]
+        else:
+            pairs, _ = read_pairs(source, label_column=None)
+            texts = [*pairs["text_a"], *pairs["text_b"]]
+        for text in texts:
             seen.setdefault(normalise(text), text)
     return list(seen.values())
 
@@ -204,10 +211,11 @@ def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | Non
         pairs = pairs.filter(lambda row: row["gold"] >= min_gold)
     position = {normalise(t): i for i, t in enumerate(texts)}
     queries = pairs["text_a"]
-    missing = [q for q in queries if normalise(q) not in position]
-    if missing:
-        raise DataError(f"{positives}: {len(missing)} queries are not in the pool (first {missing[0][:60]!r}); add "
-                        f"their file to --sentences")
+    for what, texts_ in (("queries", queries), ("positives", pairs["text_b"])):
+        missing = [t for t in texts_ if normalise(t) not in position]
+        if missing:
+            raise DataError(f"{positives}: {len(missing)} {what} are not in the pool (first {missing[0][:60]!r}); add "
+                            f"their file to --sentences")
     # take enough nearest sentences that the query itself, its positive and skip_top still leave n_negatives
     depth = min(n_negatives + skip_top + 2, len(texts) - 1)
     q_idx = torch.tensor([position[normalise(q)] for q in queries])

@@ -120,3 +120,14 @@ def test_teacher_objective_without_a_cache_on_groups(tiny_backbone, pair_files, 
     with pytest.raises(ValueError, match=r"'margin_mse' needs teacher scores.*data\.init_args\.cache_dir"):
         _run(_contrastive(tiny_backbone, pair_files, groups, tmp_path, "--data.init_args.cache_dir=null",
                           "--trainer.max_steps=1"))
+
+
+def test_positives_missing_from_the_pool_are_one_line(tiny_backbone, pair_files, tmp_path):
+    """A positive the pool lacks used to escape as a KeyError; now one line naming the file and the fix."""
+    frame = pd.read_csv(pair_files["train"]).head(3)
+    frame.loc[0, "text_b"] = "a sentence that is in no pool file."
+    positives = tmp_path / "positives.csv"
+    frame.to_csv(positives, index=False)
+    with pytest.raises(DataError, match=r"positives.csv: 1 positives are not in the pool .*add their file to --sent"):
+        _mine(tiny_backbone, pair_files, tmp_path / "groups.parquet", "--mode=groups", f"--positives={positives}",
+              "--min_gold=null", "--n_negatives=1", "--skip_top=0")
