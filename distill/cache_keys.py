@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
 
-CHUNK = 1 << 18  # rows per step: bounds working memory, not results
+CHUNK = 1 << 16  # rows per step: bounds working memory (a few MB), not results
 
 _P = np.uint64(0x9E3779B97F4A7C15)  # odd, so every power is invertible mod 2^64 (no byte is ever lost)
 # exactly the characters str.isspace() accepts, i.e. what `" ".join(text.split())` in data.normalise collapses
@@ -20,18 +20,21 @@ _ASCII_ODD = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  "
 _SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+"
 
 
-def _mix(h: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    # splitmix64's finaliser spreads the polynomial's low-bit structure over all 64 bits; the length is mixed in
-    # so that strings of different lengths do not share a polynomial by accident
-    z = h ^ (lengths.astype(np.uint64) * np.uint64(0xFF51AFD7ED558CCD))
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection on 64-bit words that spreads every input bit over the output (0 -> 0)."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    z[z == 0] = 1  # 0 means "no text key recorded" in a shard
-    return z.view(np.int64)
+    return z ^ (z >> np.uint64(31))
 
 
 def _hash_chunk(chunk: pa.Array) -> np.ndarray:
+    """The hash of each string: its UTF-8 bytes, zero-padded on the left to whole 8-byte words, are read as
+    little-endian words w_k; h = sum_k mix(w_k) * P^(last - k) mod 2^64, then mix(h ^ length * C).
+
+    Mixing each word before the polynomial keeps a difference in any byte from cancelling out (a plain polynomial
+    over words only spreads a word's high bytes into h's high bits); leading zero words add nothing, so a string
+    hashes alike however wide the matrix it is read in.
+    """
     if chunk.null_count:
         raise ValueError("null strings cannot be hashed")
     if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
@@ -43,37 +46,34 @@ def _hash_chunk(chunk: pa.Array) -> np.ndarray:
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
     h = np.zeros(n, np.uint64)
-    if n and (lengths == lengths[0]).all():
-        # fixed width (e.g. 20-hex-char pair ids): Horner over the columns of an (n, width) byte matrix
-        matrix = data[offsets[0]:offsets[-1]].reshape(n, int(lengths[0]))
-        for j in range(matrix.shape[1]):
-            h = h * _P + (matrix[:, j].astype(np.uint64) + np.uint64(1))
-        return _mix(h, lengths)
-    # variable width: the same polynomial, sum_j (byte_j + 1) * P^(len - 1 - j), in slices of ~1 MB of text
-    step_bytes, i = 1 << 20, 0
+    # rows in slices of ~1 MB of text; within one, strings are read right-aligned in (rows, 8 * k bytes)
+    # matrices, grouped by k so that short strings are not padded to the longest
+    i = 0
     while i < n:
-        j = max(int(np.searchsorted(offsets, offsets[i] + step_bytes, side="right")) - 1, i + 1)
-        j = min(j, n)
-        lo, hi, lens = offsets[i], offsets[j], lengths[i:j]
-        if hi > lo:
-            ends = np.repeat(offsets[i + 1:j + 1], lens)
-            from_end = ends - 1 - np.arange(lo, hi)
-            powers = _powers(int(lens.max()))
-            terms = (data[lo:hi].astype(np.uint64) + np.uint64(1)) * powers[from_end]
-            nonempty = lens > 0
-            h[i:j][nonempty] = np.add.reduceat(terms, (offsets[i:j] - lo)[nonempty])
+        j = min(max(int(np.searchsorted(offsets, offsets[i] + (1 << 20), side="right")) - 1, i + 1), n)
+        lo, hi = int(offsets[i]), int(offsets[j])
+        top = int(lengths[i:j].max()) if j > i else 0
+        padded = np.zeros(top + 8 + hi - lo, np.uint8)  # zeros in front: a window may start before the slice
+        padded[top + 8:] = data[lo:hi]
+        group = (lengths[i:j] + 7) // 8
+        for k in np.unique(group):
+            rows = np.flatnonzero(group == k)
+            span = 8 * int(k)
+            if span == 0:
+                continue
+            # window r covers the span bytes that end where string r ends; bytes before its start are zeroed
+            ends = offsets[i + 1:j + 1][rows] - lo + top + 8
+            windows = np.lib.stride_tricks.sliding_window_view(padded, span)[ends - span]
+            windows *= np.arange(span) >= (span - lengths[i:j][rows])[:, None]
+            words = windows.view("<u8")  # (rows, span / 8)
+            acc = np.zeros(len(rows), np.uint64)
+            for c in range(words.shape[1]):
+                acc = acc * _P + _mix(words[:, c].astype(np.uint64))
+            h[i + rows] = acc
         i = j
-    return _mix(h, lengths)
-
-
-_POWERS = np.ones(1, np.uint64)
-
-
-def _powers(n: int) -> np.ndarray:
-    global _POWERS
-    if len(_POWERS) < n:
-        _POWERS = np.concatenate([[np.uint64(1)], np.cumprod(np.full(2 * n, _P, np.uint64))]).astype(np.uint64)
-    return _POWERS
+    z = _mix(h ^ (lengths.astype(np.uint64) * np.uint64(0xFF51AFD7ED558CCD)))
+    z[z == 0] = 1  # 0 means "no text key recorded" in a shard
+    return z.view(np.int64)
 
 
 def hash64(strings: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
