@@ -81,6 +81,7 @@ class ScoreCache:
         self.manifest = read_manifest(path)
         if not self.manifest.get("complete"):
             raise CacheError(f"{path}: the cache is incomplete (interrupted run); re-run `distill cache` to finish it")
+        self.keys_trusted: bool | None = None  # whether its shards' stored `key` columns are this hash's
 
     def shards(self) -> list[tuple[Path, int]]:
         return [(self.directory / s["file"], int(s["rows"])) for s in self.manifest["shards"]]
@@ -103,12 +104,19 @@ class ScoreCache:
             raise CacheError(f"{path}: column pair_id is {kind or 'missing'}, expected strings; this shard was not "
                              f"written by `distill cache`: re-run `distill cache --overwrite` on the data")
         score = "score" if "score" in schema.names else "scores"
-        stored = [c for c in ("key", "text_key") if c in schema.names]
+        stored = [c for c in ("key", "text_key") if c in schema.names and (c != "key" or self.keys_trusted)]
+        # stored keys are checked once per cache, on its first shard read: keys written by another hash (or
+        # another tool) would otherwise make every pair look absent; then they are recomputed for every shard
+        check = "key" in stored and self.keys_trusted is None
         wanted = [score, *stored, *(c for c in columns if c not in stored)]
-        if "key" not in stored and "pair_id" not in wanted:
+        if ("key" not in stored or check) and "pair_id" not in wanted:
             wanted.append("pair_id")
         table = shard.read(columns=wanted, use_threads=False)  # threads cost more than they save per shard
-        if "key" not in stored:
+        if check:
+            self.keys_trusted = bool((table.column("key").to_numpy() == hash64(table.column("pair_id"))).all())
+            if not self.keys_trusted:
+                table = table.drop_columns(["key"])
+        if "key" not in table.column_names:
             table = table.append_column("key", pa.array(hash64(table.column("pair_id"))))
         return table, score
 

@@ -140,19 +140,24 @@ def test_one_pair_in_two_caches_is_refused_naming_both(tmp_path: Path) -> None:
     assert join_caches([ScoreCache(one), ScoreCache(three)], rows)["score"] == old_dict_join([one, three], rows)
 
 
-def test_a_64_bit_key_collision_is_refused(tmp_path: Path) -> None:
-    directory = tmp_path / "c"
-    make_cache(directory, ["p1", "p2"], [0.0, 1.0])
-    shard = directory / shard_name(0, 2)
+def test_a_64_bit_key_collision_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = make_cache(tmp_path / "c", ["p1", "p2", "p3"], [0.0, 1.0, 2.0], text_keys(["b", "x", "a"], ["c", "y", "b"]))
+    rows = Dataset.from_dict({"pair_id": ["p3", "p1"], "text_a": ["a", "b"], "text_b": ["b", "c"]})
+    # stored keys from another hash are recomputed (else every pair would look absent)
+    shard = cache / shard_name(0, 3)
     table = pq.read_table(shard)
-    pq.write_table(table.set_column(table.column_names.index("key"), "key", pa.array([5, 5], pa.int64())), shard)
-    manifest = json.loads((directory / "manifest.json").read_text())
+    pq.write_table(table.set_column(table.column_names.index("key"), "key", pa.array([5, 6, 7], pa.int64())), shard)
+    manifest = json.loads((cache / "manifest.json").read_text())
     from distill.cache import sha256_file
 
     manifest["shards"][0]["sha256"] = sha256_file(shard)
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    assert join_caches([ScoreCache(cache)], rows)["score"] == pytest.approx([0.8808, 0.5], abs=1e-4)
+    # a hash under which two ids collide
+    monkeypatch.setattr("distill.cache_join.hash64", lambda ids: np.where(
+        np.isin(np.asarray(ids.to_pylist(), object), ["p1", "p2"]), 5, 9).astype(np.int64))
     with pytest.raises(CacheError, match=r"pair_ids 'p1' and 'p2' share one 64-bit key"):
-        join_caches([ScoreCache(directory)], Dataset.from_dict({"pair_id": ["p1"], "text_a": ["a"], "text_b": ["b"]}))
+        join_caches([ScoreCache(cache)], rows)
 
 
 def test_a_shard_with_integer_pair_ids_is_named(tmp_path: Path) -> None:
