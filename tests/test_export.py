@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,10 @@ def test_onnx_fp32_matches_torch_and_int8_is_reported(exported: Path, student_ck
     assert (got - student.encode(PROBES)).abs().max() <= 1e-4
     assert (exported / INT8_FILE).stat().st_size < (exported / ONNX_FILE).stat().st_size
     checks = json.loads((exported / "export_report.json").read_text())["checks"]
-    assert abs(checks["int8_spearman_delta"]) < 1 and checks["onnx_max_abs_diff"] <= 1e-4
+    delta = checks["int8_spearman_delta"]
+    # measured -0.0015 on the tiny student; a broken quantisation (or a NaN) would not stay within 0.05
+    assert math.isfinite(delta) and abs(delta) < 0.05, delta
+    assert checks["onnx_max_abs_diff"] <= 1e-4
     card = (exported / "README.md").read_text()
     assert "library_name: sentence-transformers" in card and "int8_spearman_delta" in card
 
