@@ -3,7 +3,7 @@
 The join never holds a Python object per pair: shards are read as Arrow (only the needed columns), each
 pair_id becomes a 64-bit key (`hash64`; new shards store it as `key`, older ones get it computed here), the
 keys are sorted once and the training rows' ids are looked up chunk by chunk (`ScoreIndex.find`). What
-stays in memory is about 20 bytes per cached pair (key, score, text key) plus the new float32 `score` column.
+stays in memory is about 17 bytes per cached pair (key, score, text key) plus the new float32 `score` column.
 
 New shards also store `text_key`, the 64-bit hash of the pair's normalised texts, so that a cache made for
 edited texts under user-supplied ids is refused instead of silently reused (0 = not recorded: older shards).
@@ -158,8 +158,14 @@ def join_caches(caches: list[ScoreCache], rows: Dataset) -> Dataset:
     return ScoreIndex(caches).join(rows)
 
 
+def _low32(text_key: np.ndarray) -> np.ndarray:
+    low = (text_key.view(np.uint64) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    low[(low == 0) & (text_key != 0)] = 1  # 0 stays "not recorded"
+    return low
+
+
 class ScoreIndex:
-    """Every cached pair's key, transformed score and text key, sorted by key (about 20 bytes per pair)."""
+    """Every cached pair's key, transformed score and text key, sorted by key (about 17 bytes per pair)."""
 
     def __init__(self, caches: list[ScoreCache]) -> None:
         self.caches = caches
@@ -167,7 +173,9 @@ class ScoreIndex:
         self.starts = np.cumsum([0] + [n for _, _, n in self.shards])  # shard -> first position
         self.cache_starts = np.cumsum([0] + [sum(n for _, n in c.shards()) for c in caches])  # cache -> first
         total = int(self.starts[-1])
-        keys, texts = np.empty(total, np.int64), np.zeros(total, np.int64)
+        # text keys are kept as their low 32 bits: enough to notice edited texts (a stale row escapes with
+        # probability 2^-32), at half the memory
+        keys, texts = np.empty(total, np.int64), np.zeros(total, np.uint32)
         scores: np.ndarray | None = None
         self.unverified: set[int] = set()
         for (c, path, n), start in zip(self.shards, self.starts):
@@ -185,12 +193,13 @@ class ScoreIndex:
             keys[start:start + n] = table.column("key").to_numpy()
             scores[start:start + n] = values
             if "text_key" in table.column_names:
-                texts[start:start + n] = table.column("text_key").to_numpy()
+                texts[start:start + n] = _low32(table.column("text_key").to_numpy())
             else:
                 self.unverified.add(c)
         scores = np.empty((0,), np.float32) if scores is None else scores
-        # sort once, then drop each unsorted array as soon as its sorted copy exists: the peak is ~36 bytes a pair
+        # sort once, then drop each unsorted array as soon as its sorted copy exists: the peak is ~28 bytes a pair
         order = np.argsort(keys)
+        order = order.astype(np.int32) if total < 2**31 else order
         keys = keys[order]
         same = np.flatnonzero(keys[1:] == keys[:-1])
         if same.size:
@@ -203,7 +212,8 @@ class ScoreIndex:
         del texts
         # which cache each sorted pair came from, for naming it in errors (one byte a pair, only if several)
         self.cache_of = None if len(caches) == 1 else np.concatenate(
-            [self._cache_at(order[i:i + CHUNK]).astype(np.uint8) for i in range(0, len(order), CHUNK)] or [[]])
+            [self._cache_at(order[i:i + CHUNK]).astype(np.uint8 if len(caches) < 256 else np.uint16)
+             for i in range(0, len(order), CHUNK)] or [[]])
 
     def _directory(self) -> None:
         # keys are uniform 64-bit hashes: their top bits split the sorted keys into buckets of ~4, so a lookup is
@@ -298,7 +308,7 @@ class ScoreIndex:
                 check = np.flatnonzero(found & (cached != 0))
                 if check.size:
                     now = text_keys(*(table.column(c).take(pa.array(check)) for c in pair))
-                    bad = check[cached[check] != now]
+                    bad = check[cached[check] != _low32(now)]
                     if bad.size:
                         first_stale = (start + int(bad[0]), int(pos[bad[0]])) if stale == 0 else first_stale
                         stale += int(bad.size)
