@@ -117,8 +117,10 @@ class CrossEncoder(pl.LightningModule):
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:
         logits = self(batch)
-        preds = torch.sigmoid(logits) if self.regression else logits.argmax(-1)
-        self.metrics[split].update(preds.float() if self.regression else preds, self._gold(batch))
+        # float32 before the sigmoid: under bf16-mixed, sigmoid of small logits rounds to one value (bf16 has a
+        # step of 2^-8 near 0.5), which ties every pair and turns Spearman into 0
+        preds = torch.sigmoid(logits.float()) if self.regression else logits.argmax(-1)
+        self.metrics[split].update(preds, self._gold(batch))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")

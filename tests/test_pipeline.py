@@ -19,10 +19,22 @@ from distill.cli import main, run
 
 
 def test_teacher_test_logs_spearman(tiny_backbone, pair_files, teacher_ckpt, tmp_path):
-    """`distill test` on the selected checkpoint reports test/spearman in [-1, 1]."""
+    """`distill test` on the selected checkpoint reports test/spearman equal to scipy's Spearman of the same
+    checkpoint's predicted scores against the gold labels (a metric on the wrong split, rows or labels is not)."""
+    from scipy.stats import spearmanr
+
+    from distill.data import read_pairs
+
+    out = tmp_path / "scores.parquet"
     with mock.patch("sys.argv", ["distill"]):
         cli = run(["test", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", teacher_ckpt])
-    assert -1 <= float(cli.trainer.callback_metrics["test/spearman"]) <= 1
+        run(["predict", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", teacher_ckpt,
+             f"--data.init_args.predict={pair_files['test']}", "--predictions", str(out)])
+    logged = float(cli.trainer.callback_metrics["test/spearman"])
+    gold = read_pairs(pair_files["test"], label_range=(0, 5))[0]["label"]
+    expected = spearmanr(pq.read_table(out).column("score").to_pylist(), gold).statistic
+    # under bf16-mixed a sigmoid taken in bf16 tied every pair and logged exactly 0 here
+    assert logged == pytest.approx(expected, abs=1e-4) and logged != 0
 
 
 def test_teacher_predict_writes_scores(tiny_backbone, pair_files, teacher_ckpt, tmp_path):
