@@ -69,10 +69,22 @@ def data_root() -> Path:
     here = Path.cwd() / ".." / "shared" / "data"
     if here.is_dir():
         return here.resolve()
-    checkout = Path(__file__).resolve().parents[2] / "shared" / "data"  # an editable install's source tree
-    if checkout.is_dir():
-        return checkout
+    for source in (installed_from(), Path(__file__).resolve().parents[1]):  # the checkout, however installed
+        if source is not None and (source.parent / "shared" / "data").is_dir():
+            return (source.parent / "shared" / "data").resolve()
     return Path.home() / ".cache" / "distill" / "data"
+
+
+def installed_from() -> Path | None:
+    """The source folder pip installed distill from (`direct_url.json`, PEP 610), editable or not."""
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    try:
+        url = json.loads(metadata.distribution("distill").read_text("direct_url.json") or "{}").get("url", "")
+    except (metadata.PackageNotFoundError, json.JSONDecodeError):
+        return None
+    return Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
 
 
 # ------------------------------------------------------------------------------------------- local readers

@@ -19,7 +19,18 @@ from unittest import mock
 
 import torch
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+def _configs() -> Path:
+    """The recipes' `configs/`: beside the package in a checkout or editable install; for `pip install .` (the
+    package copied into site-packages) the source folder pip installed from; else the current folder's."""
+    from distill.catalog import installed_from
+
+    for root in (Path(__file__).resolve().parents[1], installed_from(), Path.cwd()):
+        if root is not None and (root / "configs" / "teacher" / "quickstart.yaml").is_file():
+            return root / "configs"
+    raise FileNotFoundError("distill quickstart needs the project's configs/ (configs/teacher/quickstart.yaml): run "
+                            "it from the distill checkout, or install distill from one")
+
 
 
 def _cli(argv: list[str]) -> Any:
@@ -67,7 +78,7 @@ def main(
         raise ValueError(f"teacher_weights {weights}: each must be in (0, 1]; 0 is the gold-only control")
     shrink = ["--data.init_args.max_pairs=200"] if smoke else []
     common = [*shrink, *([f"--trainer.precision={precision}"] if precision else [])]  # fit and test
-    teacher_cfg, student_cfg = str(CONFIGS / "teacher/quickstart.yaml"), str(CONFIGS / "student/quickstart.yaml")
+    teacher_cfg, student_cfg = str(_configs() / "teacher/quickstart.yaml"), str(_configs() / "student/quickstart.yaml")
     stages: dict[str, float] = {}
     report: dict[str, Any] = {"teacher": {}, "student": {}, "smoke": smoke}
 
@@ -97,7 +108,7 @@ def main(
 
     # 2. teacher scores for the training pairs
     cache_dir = root / "cache" / "train"
-    _cli(["cache", "--config", str(CONFIGS / "cache/quickstart.yaml"), "--ckpt_path", teacher_ckpt,
+    _cli(["cache", "--config", str(_configs() / "cache/quickstart.yaml"), "--ckpt_path", teacher_ckpt,
           "--out", str(cache_dir), "--overwrite", "true", *shrink,  # the quickstart owns its folder
           *(["--precision", precision] if precision else [])])
     student_data = [f"--data.init_args.cache_dir={cache_dir}"]
@@ -143,7 +154,7 @@ def main(
     # 6. what it buys: teacher vs student, both regimes, with sentence-transformers baselines on the same weights
     small = (["--max_pairs", "60", "--n_candidates", "[10, 100]", "--queries", "2", "--repeats", "2",
               "--chunk_pairs", "30"] if smoke else [])
-    bench = _cli(["bench", "--config", str(CONFIGS / "bench/quickstart.yaml"), "--teacher", teacher_ckpt,
+    bench = _cli(["bench", "--config", str(_configs() / "bench/quickstart.yaml"), "--teacher", teacher_ckpt,
                   "--students", f"[{export_dir}]", "--out", str(root / "bench"), *small])
     report["bench"] = {"report": str(root / "bench" / "report.json"),
                        "ratios": {q["name"]: {k: q[k] for k in ("median", "spread", "verdict")} | (

@@ -204,3 +204,23 @@ def test_a_truncated_tokenised_cache_is_remade_with_a_warning_naming_it(tmp_path
         again, _ = _datamodule(tmp_path, tiny_backbone, [0, 5])._tokenised("train")
     assert any(str(files[0]) in str(w.message) for w in caught)
     assert (list(again["a_input_ids"]), list(again["gold"])) == expected
+
+
+def test_a_non_editable_install_finds_the_data_and_the_quickstart_configs(tmp_path: Path) -> None:
+    """`pip install .` copies the package into site-packages: data and configs are found through the source
+    folder pip recorded (direct_url.json), not beside the copied package."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(root)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "DISTILL_DATA"} | {"PYTHONPATH": str(target)}
+    probe = ("import distill, distill.quickstart as q, distill.catalog as c; "
+             "print(distill.__file__); print(q._configs()); print(c.data_root())")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert out[0].startswith(str(target))  # the copied package, not the checkout
+    assert out[1] == str(root / "configs") and out[2] == str(catalog.data_root())
