@@ -26,11 +26,11 @@ REPORT = "export_report.json"
 ST_HINT = "pip install 'distill[export]'"
 # texts of several lengths and scripts: parity must hold beyond the one short sentence a trace saw
 PROBES = [
-    "A man is playing a guitar.",
+    "A person strums a guitar on stage.",
     "Two dogs run through a field of tall grass while the sun sets behind the hills.",
     "The central bank left interest rates unchanged on Thursday, citing uncertainty about inflation.",
     "ok",
-    "Ein Mann spielt Gitarre.",
+    "Eine Person spielt auf der Bühne Gitarre.",
     "Un homme joue de la guitare dans la rue.",
 ]
 ONNX_TOLERANCE = 1e-4  # max abs difference of fp32 ONNX embeddings from torch's
@@ -307,7 +307,7 @@ def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, 
                   + (" or by the DSE pair head saved beside the encoder" if config.get("dse_head") else "") + ".", "",
                   "```python", "from sentence_transformers import SentenceTransformer",
                   "model = SentenceTransformer('path/to/this/folder')",
-                  "embeddings = model.encode(['A man is playing a guitar.', 'Someone plays an instrument.'])",
+                  "embeddings = model.encode(['A person strums a guitar on stage.', 'Someone plays an instrument.'])",
                   "print(model.similarity(embeddings[:1], embeddings[1:]))", "```", ""]
         if config.get("dse_head"):
             lines += ["DSE pair head (torch only): `from dse_head import load_dse_head; "
@@ -319,7 +319,7 @@ def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, 
         lines += ["A cross-encoder that scores a sentence pair in [0, 1] (sigmoid of one logit).", "",
                   "```python", "from sentence_transformers import CrossEncoder",
                   "model = CrossEncoder('path/to/this/folder')",
-                  "print(model.predict([('A man is playing a guitar.', 'Someone plays an instrument.')]))", "```", ""]
+                  "print(model.predict([('A person strums a guitar on stage.', 'Someone plays an instrument.')]))", "```", ""]
     lines += ["## Recipe", "", f"Checkpoint: `{report.get('ckpt')}`.", "", "```json",
               json.dumps(hp, indent=2, default=str)[:4000], "```", "",
               "## Training data", "", *_data_lines(report.get("training_data")),

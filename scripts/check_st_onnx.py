@@ -18,8 +18,8 @@ import sys
 import sentence_transformers
 from sentence_transformers import SentenceTransformer
 
-TEXTS = ["A man is playing a guitar.", "Two dogs run through a field of tall grass while the sun sets.",
-         "The central bank left interest rates unchanged on Thursday.", "ok", "Ein Mann spielt Gitarre."]
+TEXTS = ["A person strums a guitar on stage.", "Two dogs run through a field of tall grass while the sun sets.",
+         "The central bank left interest rates unchanged on Thursday.", "ok", "Eine Person spielt auf der Bühne Gitarre."]
 
 
 def main(folder: str) -> int:
