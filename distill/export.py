@@ -319,7 +319,8 @@ def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, 
         lines += ["A cross-encoder that scores a sentence pair in [0, 1] (sigmoid of one logit).", "",
                   "```python", "from sentence_transformers import CrossEncoder",
                   "model = CrossEncoder('path/to/this/folder')",
-                  "print(model.predict([('A person strums a guitar on stage.', 'Someone plays an instrument.')]))", "```", ""]
+                  "print(model.predict([('A person strums a guitar on stage.', 'Someone plays an instrument.')]))",
+                  "```", ""]
     lines += ["## Recipe", "", f"Checkpoint: `{report.get('ckpt')}`.", "", "```json",
               json.dumps(hp, indent=2, default=str)[:4000], "```", "",
               "## Training data", "", *_data_lines(report.get("training_data")),

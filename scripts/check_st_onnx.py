@@ -19,7 +19,8 @@ import sentence_transformers
 from sentence_transformers import SentenceTransformer
 
 TEXTS = ["A person strums a guitar on stage.", "Two dogs run through a field of tall grass while the sun sets.",
-         "The central bank left interest rates unchanged on Thursday.", "ok", "Eine Person spielt auf der Bühne Gitarre."]
+         "The central bank left interest rates unchanged on Thursday.", "ok",
+         "Eine Person spielt auf der Bühne Gitarre."]
 
 
 def main(folder: str) -> int:
