@@ -81,19 +81,23 @@ def test_encode_order_does_not_change_embeddings(student):
     assert torch.allclose(full, single, atol=1e-5)
 
 
-def test_distill_module_learns_from_teacher_scores(student):
-    """A few optimiser steps on the teacher term lower it: the loss reaches the student's weights (a detached
-    loss or a broken target join would leave it flat)."""
+def test_distill_module_learns_from_teacher_scores(student, pair_files, score_cache):
+    """A training batch of the datamodule joined with a real score cache carries each pair's own cached score
+    (the join, checked by pair_id on a shuffled, length-grouped batch), and a few optimiser steps on the
+    teacher term lower it: the loss reaches the student's weights (a detached loss would leave it flat)."""
+    from types import SimpleNamespace
+
+    from distill.cache import ScoreCache
+    from distill.data import PairDataModule
+
     module = DistillModule(copy.deepcopy(student), {"teacher_mse": ScoreRegression(target="teacher")}, lr=1e-2)
-    tok = student.tokenizer
-    a = tok(["a man plays guitar.", "the cat sits.", "a dog runs."], padding=True, return_tensors="pt")
-    b = tok(["a man plays piano.", "a car is red.", "a dog walks."], padding=True, return_tensors="pt")
-    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-    batch = {"pair_id": ["1", "2", "3"],
-             "a_input_ids": pad(a["input_ids"]), "a_attention_mask": pad(a["attention_mask"]),
-             "b_input_ids": pad(b["input_ids"]), "b_attention_mask": pad(b["attention_mask"]),
-             "score": torch.tensor([0.9, 0.1, 0.8])}
+    data = PairDataModule(train=pair_files["train"], label_range=(0, 5), cache_dir=str(score_cache), batch_size=8)
+    data.trainer = SimpleNamespace(lightning_module=module)  # what the datamodule asks the tokenisation of
+    data.datasets["train"] = data.build("train")
+    batch = next(iter(data.train_dataloader()))
+    cached = ScoreCache(score_cache).scores()  # pair_id -> score on the target scale
+    assert len(set(batch["pair_id"])) == 8 and len(set(cached.values())) > 8  # distinct scores: a mix-up shows
+    assert batch["score"].tolist() == pytest.approx([cached[p] for p in batch["pair_id"]], abs=1e-6)
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
     module.log = lambda *args, **kwargs: None
     module.eval()  # dropout off: the comparison is about the gradient, not noise
@@ -114,7 +118,8 @@ def test_all_zero_weights_are_refused(student):
 
 
 def test_classification_teacher_trains_on_tiny_data(tiny_backbone):
-    """A classification head (num_labels=3) gives (batch, 3) logits, cross-entropy on integer labels."""
+    """A classification head (num_labels=3) gives (batch, 3) logits, cross-entropy on integer labels, and a few
+    optimiser steps lower that loss and change the weights, while lr = 0 (the control) changes neither."""
     torch.manual_seed(0)
     teacher = CrossEncoder(backbone=tiny_backbone, num_labels=3)
     assert teacher.score_transform == "identity"
@@ -133,6 +138,24 @@ def test_classification_teacher_trains_on_tiny_data(tiny_backbone):
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).item(),
                                         rel=1e-4)
     assert teacher.predict_step(batch, 0)["score"].shape == (2, 3)
+    start = copy.deepcopy(teacher.state_dict())
+
+    def train(lr: float) -> tuple[list[float], bool]:
+        teacher.load_state_dict(start)
+        opt = torch.optim.AdamW(teacher.parameters(), lr=lr)
+        losses = []
+        for _ in range(10):
+            loss = teacher.training_step(batch, 0)
+            losses.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return losses, any(not torch.equal(start[k], v) for k, v in teacher.state_dict().items())
+
+    losses, moved = train(1e-2)
+    assert moved and losses[-1] < 0.7 * losses[0], losses  # measured 1.10 -> 0.68
+    losses, moved = train(0.0)
+    assert not moved and losses[-1] == pytest.approx(losses[0], abs=1e-6), losses
 
 
 def test_max_length_beyond_the_backbone_is_refused(tiny_backbone):
