@@ -46,7 +46,7 @@ def test_dse_head_loads_with_torch_only(exported: Path, student_ckpt: str):
     u, v = student.encode(PROBES[:3]), student.encode(PROBES[3:])
     # the documented loader, run in a fresh interpreter from the folder itself: no distill import
     code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from dse_head import load_dse_head; "
-            "u, v = torch.load(sys.argv[2]); print(load_dse_head(sys.argv[1])(u, v).tolist())")
+            "u, v = torch.load(sys.argv[2], weights_only=True); print(load_dse_head(sys.argv[1])(u, v).tolist())")
     torch.save((u, v), exported.parent / "uv.pt")
     out = subprocess.run([sys.executable, "-c", code, str(exported), str(exported.parent / "uv.pt")],
                          capture_output=True, text=True, check=True, cwd="/")
