@@ -224,3 +224,18 @@ def test_a_non_editable_install_finds_the_data_and_the_quickstart_configs(tmp_pa
                          text=True).stdout.splitlines()
     assert out[0].startswith(str(target))  # the copied package, not the checkout
     assert out[1] == str(root / "configs") and out[2] == str(catalog.data_root())
+
+
+def test_model_cards_name_the_training_data_and_its_licence(tmp_path: Path) -> None:
+    """The card's data section comes from the checkpoint's datamodule arguments, not a fixed string."""
+    from distill import export
+
+    data = export.training_data({"train": ["stsb/train", str(tmp_path / "mine.csv")]})
+    assert data == [{"source": "stsb/train", "licence": catalog.CATALOG["stsb"].licence},
+                    {"source": str(tmp_path / "mine.csv"), "licence": f"{tmp_path / 'mine.csv'}: a local file; its "
+                                                                      f"own terms apply"}]
+    multi = export.training_data({"languages": ["en", "de"], "train": None})
+    assert [d["source"] for d in multi] == ["stsb_multi_mt/en/train", "stsb_multi_mt/de/train"]
+    export.write_card(tmp_path, {"kind": "teacher", "training_data": data, "checks": {}, "files": {}})
+    card = (tmp_path / "README.md").read_text()
+    assert "| `stsb/train` | STS Benchmark: scores CC BY-SA 4.0" in card and "bundled" not in card
