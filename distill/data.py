@@ -6,6 +6,7 @@ on a `label_range` and mapped to [0, 1] as `gold`; teacher scores come from the 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -61,15 +62,62 @@ def _read_table(path: Path, file_format: str | None) -> pd.DataFrame:
         raise DataError(f"{path}, line {line}: invalid UTF-8 (byte {err.object[err.start]:#x}); re-encode the file "
                         f"as UTF-8 or fix that row") from None
     try:
-        if fmt in ("csv", "tsv"):
-            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
-                               encoding="utf-8")
         if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_parquet(path)
+            frame = _read_jsonl(path)
+        elif fmt in ("csv", "tsv"):
+            header = next(csv.reader([path.open(encoding="utf-8").readline()], delimiter="\t" if fmt == "tsv" else ","),
+                          [])
+            _no_duplicate_columns(header, path)
+            # TSV: tabs separate, quotes are text (a text starting with `"` keeps it; an unbalanced one cannot merge
+            # rows); CSV keeps its quoting rules
+            frame = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
+                                encoding="utf-8", quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+        else:
+            frame = pd.read_parquet(path)
     except (UnicodeDecodeError, ValueError, OSError) as err:
+        if isinstance(err, DataError):
+            raise
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path}: cannot be read as {fmt} ({first}); check the file or its format") from err
+    _no_duplicate_columns(list(frame.columns), path)
+    return frame
+
+
+def _no_duplicate_columns(columns: list[Any], path: Path) -> None:
+    seen = {str(c) for c in columns}
+    if len(seen) != len(columns):
+        twice = next(str(c) for i, c in enumerate(columns) if str(c) in map(str, columns[:i]))
+        raise DataError(f"{path}: column {twice!r} appears twice; rename one (otherwise the first would silently win)")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON Lines with the line number of a broken line and of a repeated key in one object."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, object_pairs_hook=lambda pairs, n=number: _unique_keys(pairs, path, n))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno}); fix or drop that "
+                            f"line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: a JSON {type(row).__name__}, expected an object per line")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path, number: int) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise DataError(f"{path}, line {number}: key {twice!r} appears twice in one object; keep one")
+    return dict(pairs)
+
+
+def is_blank(text: str) -> bool:
+    """Empty once whitespace and invisible format characters (zero-width space/joiners, BOM) are removed."""
+    return not "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) != "Cf")
 
 
 def read_pairs(
@@ -120,8 +168,9 @@ def read_pairs(
     for key in ("text_a", "text_b"):
         texts = frame[columns[key]].tolist()
         for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                what = "empty" if isinstance(t, str) or t is None else f"non-text ({type(t).__name__})"
+            if not isinstance(t, str) or is_blank(t):
+                what = ("empty" if not t.strip() else "invisible-only") if isinstance(t, str) else \
+                    "empty" if t is None else f"non-text ({type(t).__name__})"
                 raise DataError(f"{path}, row {i + 1}: {what} {columns[key]!r} text; remove the row or fill it")
         out[key] = texts
     if "label" in columns:
@@ -197,7 +246,7 @@ def read_texts(source: str, text_column: str = "text", id_column: str | None = N
                         f"Set data.init_args.text_a_column")
     texts = frame[text_column].tolist()
     for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
+        if not isinstance(t, str) or is_blank(t):
             raise DataError(f"{path}, row {i + 1}: empty text; remove the row or fill it")
     id_column = id_column or ("id" if "id" in frame.columns else None)
     ids = ([str(x) for x in frame[id_column]] if id_column and id_column in frame.columns

@@ -100,7 +100,7 @@ def test_unknown_format_and_missing_file(tmp_path):
         read_pairs(write(tmp_path / "p.txt", "x"))
     with pytest.raises(DataError, match="no such file"):
         read_pairs(str(tmp_path / "absent.csv"))
-    with pytest.raises(DataError, match="cannot be read as jsonl"):
+    with pytest.raises(DataError, match=r"p.jsonl, line 1: not valid JSON"):
         read_pairs(write(tmp_path / "p.jsonl", "{not json\n"))
 
 
@@ -159,3 +159,22 @@ def test_fingerprint_sees_edited_texts_under_kept_ids(tmp_path):
     b = write(tmp_path / "b.csv", "id,text_a,text_b,label\np1,x,z,1\n")
     rows = [read_pairs(p, id_column="id", label_range=(0, 5))[0] for p in (a, b)]
     assert fingerprint(rows[0]) != fingerprint(rows[1])
+
+
+def test_tsv_quotes_are_text_and_an_unbalanced_quote_merges_nothing(tmp_path):
+    """TSV is tab-separated text: a leading quote stays, an unbalanced one cannot swallow the next rows."""
+    path = write(tmp_path / "q.tsv", 'text_a\ttext_b\tlabel\n"quoted" start\tplain\t1\nopen " quote\tb\t2\nc\td\t3\n')
+    rows, _ = read_pairs(path, label_range=(0, 5))
+    assert rows["text_a"] == ['"quoted" start', 'open " quote', "c"] and rows["label"] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("dup.csv", "text_a,text_b,text_a\na,b,c\n", r"dup.csv: column 'text_a' appears twice"),
+    ("dup.tsv", "text_a\ttext_b\ttext_b\na\tb\tc\n", r"dup.tsv: column 'text_b' appears twice"),
+    ("dup.jsonl", '{"text_a": "a", "text_b": "b", "text_a": "c"}\n', r"dup.jsonl, line 1: key 'text_a' appears twice"),
+    ("broken.jsonl", '{"text_a": "a", "text_b": "b"}\n{"text_a": "a",\n', r"broken.jsonl, line 2: not valid"),
+    ("zw.csv", "text_a,text_b\na,\u200b\u200d\ufeff\n", r"zw.csv, row 1: invisible-only 'text_b' text"),
+])
+def test_bad_tables_are_named_with_their_line(tmp_path, name, content, message):
+    with pytest.raises(DataError, match=message):
+        read_pairs(write(tmp_path / name, content), label_column=None)
