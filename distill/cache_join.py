@@ -104,7 +104,7 @@ class ScoreCache:
             raise CacheError(f"{path}: column pair_id is {kind or 'missing'}, expected strings; this shard was not "
                              f"written by `distill cache`: re-run `distill cache --overwrite` on the data")
         score = "score" if "score" in schema.names else "scores"
-        stored = [c for c in ("key", "text_key") if c in schema.names and (c != "key" or self.keys_trusted)]
+        stored = [c for c in ("key", "text_key") if c in schema.names and self.keys_trusted is not False]
         # stored keys are checked once per cache, on its first shard read: keys written by another hash (or
         # another tool) would otherwise make every pair look absent; then they are recomputed for every shard
         check = "key" in stored and self.keys_trusted is None
@@ -114,8 +114,8 @@ class ScoreCache:
         table = shard.read(columns=wanted, use_threads=False)  # threads cost more than they save per shard
         if check:
             self.keys_trusted = bool((table.column("key").to_numpy() == hash64(table.column("pair_id"))).all())
-            if not self.keys_trusted:
-                table = table.drop_columns(["key"])
+            if not self.keys_trusted:  # and its text keys come from the same other hash: unusable too
+                table = table.drop_columns(["key", *(["text_key"] if "text_key" in stored else [])])
         if "key" not in table.column_names:
             table = table.append_column("key", pa.array(hash64(table.column("pair_id"))))
         return table, score
@@ -293,18 +293,23 @@ class ScoreIndex:
         for start in range(0, n, CHUNK):
             table = view[start:start + CHUNK]
             wanted = hash64(table.column(key))
-            pos = self.find(wanted)
-            found = self.keys[pos] == wanted if len(self.keys) else np.zeros(len(wanted), bool)
+            if not len(self.keys):
+                first_missing, missing = (start if first_missing < 0 else first_missing), missing + len(wanted)
+                continue
+            # looked up in key order, so that neighbouring lookups share cache lines and pages of the index;
+            # results go back to row order through `order` (a permutation of this chunk only)
+            order = np.argsort(wanted)
+            at = self.find(wanted[order])
+            pos, found, cached = np.empty_like(at), np.empty(len(at), bool), np.empty(len(at), np.uint32)
+            pos[order], found[order] = at, self.keys[at] == wanted[order]
             if not found.all():
                 first_missing = start + int(np.argmin(found)) if first_missing < 0 else first_missing
                 missing += int((~found).sum())
-            if not len(self.keys):
-                continue
-            out[start:start + len(wanted)] = self.scores[pos]
+            out[start:start + len(wanted)][order] = self.scores[at]
             if verify:
                 # only rows whose cached text key is recorded (user-supplied ids) are hashed: ids that hash the
                 # texts cannot go stale, and hashing texts costs ~10x a lookup
-                cached = self.texts[pos]
+                cached[order] = self.texts[at]
                 check = np.flatnonzero(found & (cached != 0))
                 if check.size:
                     now = text_keys(*(table.column(c).take(pa.array(check)) for c in pair))
@@ -342,7 +347,6 @@ class ScoreIndex:
 
 
 def warn_unverified(cache: ScoreCache) -> None:
-    warnings.warn(f"{cache.directory}: its shards have no text_key column (made before caches recorded their "
-                  f"texts), so its scores "
-                  f"cannot be checked against the training texts; re-run `distill cache --overwrite` to make them "
-                  f"checkable", stacklevel=4)
+    warnings.warn(f"{cache.directory}: no usable text_key column (made before caches recorded their texts, or its "
+                  f"keys by another hash), so its scores cannot be checked against the training texts; re-run "
+                  f"`distill cache --overwrite` to make them checkable", stacklevel=4)
