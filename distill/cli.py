@@ -76,7 +76,8 @@ class DistillCLI(LightningCLI):
         # refuse before the backbone is loaded: without a writer, predict would compute everything and keep nothing
         if self.subcommand == "predict" and not self.config["predict"].get("predictions") \
                 and not _has_writer(self.config["predict"].get("trainer", {}).get("callbacks")):
-            raise ValueError("distill predict: nothing would be written: pass --predictions <file.parquet>")
+            raise ValueError("predict has nowhere to write its output (it would compute every prediction and keep "
+                             "none): pass --predictions <file.parquet>")
 
     def _check_checkpoint(self) -> None:
         # Lightning would fail deep inside with an unpickling error or a strict load_state_dict traceback
