@@ -68,7 +68,7 @@ def test_predict_without_a_writer_is_refused_up_front(tiny_backbone, pair_files,
     the model is built."""
     args = ["predict", *student_args(tiny_backbone, pair_files, tmp_path, None),
             f"--data.init_args.predict={pair_files['test']}"]
-    with mock.patch("students.BiEncoder.__init__", side_effect=AssertionError("the model was built")):
+    with mock.patch("students.bi_encoder.load_backbone", side_effect=AssertionError("the backbone was loaded")):
         code, errors, stderr = _error_lines(capsys, args)
     assert code == 2 and len(errors) == 1 and "--predictions" in errors[0], stderr[-2000:]
 
