@@ -90,3 +90,18 @@ def test_truncated_last_checkpoint_is_one_line(tiny_backbone, pair_files, teache
     errors = [line for line in stderr.splitlines() if line.startswith("distill: error: ")]
     assert done.value.code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
     assert str(folder / "last.ckpt") in errors[0] and "delete it" in errors[0]
+
+
+def test_export_of_a_crafted_checkpoint_runs_nothing(tmp_path, capsys):
+    """The attack as it was reported: `distill export --ckpt crafted.ckpt` ran the command its hyperparameters
+    named; now one line naming the file and the class path, and the command never runs."""
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {"student.w": torch.zeros(1)},
+                "hyper_parameters": {"student": {"class_path": "os.system",
+                                                 "init_args": {"command": f"touch {marker}"}}}}, crafted)
+    with mock.patch("sys.argv", ["distill"]), pytest.raises(SystemExit) as done:
+        main(["export", "--ckpt", str(crafted), "--out", str(tmp_path / "out")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill: error: ")]
+    assert done.value.code == 2 and len(errors) == 1 and str(crafted) in errors[0] and "os.system" in errors[0]
+    assert not marker.exists() and not (tmp_path / "out").exists()
