@@ -83,6 +83,8 @@ def stopped_message(verb: str, trainer: pl.Trainer | None, saved: Path | None = 
     """One line: what SIGTERM interrupted, what was kept and how to continue."""
     step = f" at step {trainer.global_step}" if trainer is not None and verb == "fit" else ""
     if saved is not None:
-        return (f"{verb} stopped by SIGTERM{step}; saved {saved}: rerun the same command with --ckpt_path last "
-                f"to resume")
+        # `last` finds the file only in a ModelCheckpoint's folder; name the file itself otherwise
+        found = trainer is not None and isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+        return (f"{verb} stopped by SIGTERM{step}; saved {saved}: rerun the same command with --ckpt_path "
+                f"{'last' if found else saved} to resume")
     return f"{verb} stopped by SIGTERM{step} before finishing; nothing complete was written: rerun it"
