@@ -178,3 +178,17 @@ def test_tsv_quotes_are_text_and_an_unbalanced_quote_merges_nothing(tmp_path):
 def test_bad_tables_are_named_with_their_line(tmp_path, name, content, message):
     with pytest.raises(DataError, match=message):
         read_pairs(write(tmp_path / name, content), label_column=None)
+
+
+def test_under_ddp_each_epoch_gets_its_own_length_grouped_order():
+    """Lightning wraps our sampler under DDP; the wrapper must forward set_epoch (Lightning PR #21456, in 2.6.1 and
+    later: the version floor), or every epoch replays one order."""
+    from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+
+    sampler = LengthGroupedSampler([5, 3, 8, 1, 9, 2, 7, 4, 6, 10] * 4, window=4, seed=0)
+    rank0 = DistributedSamplerWrapper(sampler, num_replicas=2, rank=0, shuffle=False)
+    orders = []
+    for epoch in (0, 1):
+        rank0.set_epoch(epoch)
+        orders.append(list(rank0))
+    assert sampler.epoch == 1 and orders[0] != orders[1] and len(orders[0]) == len(orders[1]) == 20
