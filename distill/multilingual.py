@@ -234,7 +234,7 @@ def teacher_embeddings(model: str, sentences: list[str], prefix: str = "", batch
     key = hashlib.sha256(f"{_identity(model)}|{prefix}|".encode() + "\x1f".join(unique).encode()).hexdigest()[:24]
     file = cache_root() / "embeddings" / f"{key}.pt"
     if file.is_file():
-        vectors = torch.load(file)
+        vectors = torch.load(file, map_location="cpu", weights_only=True)
     else:
         encoder = load_encoder(model, prefix)
         print(f"teacher embeddings: encoding {len(unique)} source sentences with {model}", flush=True)
