@@ -10,6 +10,7 @@ place only after every parity check passed, so a failed export leaves nothing ha
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -135,7 +136,10 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     st = _sentence_transformers()
     cfg = student.config
     student.save_pretrained(folder)  # encoder, tokenizer, distill_student.json, dse_head.safetensors
-    write_sentence_transformers_config(folder, cfg, student.encoder.config.hidden_size)
+    takes_flag = "add_pooling_layer" in inspect.signature(type(student.encoder)).parameters
+    pooled = any(k.startswith("pooler.") for k in student.encoder.state_dict())
+    write_sentence_transformers_config(folder, cfg, student.encoder.config.hidden_size,
+                                       no_pooler=takes_flag and not pooled)
     config = {**cfg, "selected_mode": meta.get("selected_mode", "cosine")}
     (folder / "distill_student.json").write_text(json.dumps(config, indent=2))
     if student.head is not None:
@@ -162,9 +166,13 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     return report
 
 
-def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: int) -> None:
+def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: int, no_pooler: bool = False) -> None:
     """sentence-transformers' module files in the classic layout (`sentence_transformers.models.*`), which both
-    sentence-transformers 5 and 6 load; version 6's own save writes class paths that version 5 cannot import."""
+    sentence-transformers 5 and 6 load; version 6's own save writes class paths that version 5 cannot import.
+
+    `no_pooler`: the student's encoder has no pooler (mean/cls pooling never uses it), so sentence-transformers must
+    build it without one (`add_pooling_layer=False`), or it reports `pooler.dense.*` as missing and "newly
+    initialized" to every user of the export."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     if cfg["normalize"]:
@@ -172,7 +180,9 @@ def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: i
         (folder / "2_Normalize").mkdir(exist_ok=True)
     (folder / "modules.json").write_text(json.dumps(modules, indent=2))
     (folder / "sentence_bert_config.json").write_text(json.dumps(
-        {"max_seq_length": cfg["max_seq_length"], "do_lower_case": False}, indent=2))
+        {"max_seq_length": cfg["max_seq_length"], "do_lower_case": False,
+         # the key both sentence-transformers 5 and 6 read (6 maps it to model_kwargs)
+         **({"model_args": {"add_pooling_layer": False}} if no_pooler else {})}, indent=2))
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": dim, "pooling_mode_cls_token": cfg["pooling"] == "cls",

@@ -138,3 +138,17 @@ def test_int8_quantisation_leaves_the_users_logging_alone(exported: Path, tmp_pa
         assert root.level == logging.INFO and (tmp_path / "q.onnx").stat().st_size > 0
     finally:
         root.setLevel(before)
+
+
+def test_the_export_loads_clean_in_sentence_transformers(exported: Path, capfd: pytest.CaptureFixture) -> None:
+    """No "MISSING ... newly initialized" pooler report for every user of the export (issue 15 item 19)."""
+    import subprocess
+    import sys
+
+    probe = ("import logging; logging.basicConfig(level=logging.WARNING);"
+             "from sentence_transformers import SentenceTransformer;"
+             f"SentenceTransformer({str(exported)!r}, device='cpu').encode(['a cat.'])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    report = out.stdout + out.stderr
+    assert "pooler" not in report and "newly initialized" not in report.lower(), report[-2000:]
