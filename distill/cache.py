@@ -25,8 +25,10 @@ import pytorch_lightning as pl
 import torch.distributed as dist
 from datasets import Dataset
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
+from distill import outdir
 from distill.cache_join import (  # noqa: F401 - re-exported: callers import the reader from here
     FORMAT_VERSION,
     MANIFEST,
@@ -48,6 +50,7 @@ from distill.data import (
     tokenize,
     tokenizer_fingerprint,
 )
+from distill.signals import Preempted, StopOnSigterm, stopped_message
 
 
 def shard_name(start: int, end: int) -> str:
@@ -55,7 +58,7 @@ def shard_name(start: int, end: int) -> str:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # per process: concurrent runs never share one temp file
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
 
@@ -214,6 +217,9 @@ def main(
             data) and score everything anew, instead of refusing.
     """
     directory = Path(out)
+    if directory.exists() and not directory.is_dir():
+        raise CacheError(f"--out {directory} is a file; give a folder for the cache (new, or one `distill cache` "
+                         f"wrote, which it resumes)")
     load_teacher_checkpoint(teacher, ckpt_path)
     rows = data.rows(split)
     expected = {
@@ -233,7 +239,11 @@ def main(
     # DDP workers started by Lightning's launcher rerun this function later: only the first process deletes
     first_process = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     if overwrite and directory.exists() and first_process:
-        print(f"WARNING: --overwrite: replacing everything in {directory}")
+        try:  # only a folder this verb wrote (its manifest), never the current folder or the checkpoint's
+            outdir.check_out(directory, MANIFEST, "distill cache", overwrite=True, keep=[Path(ckpt_path)])
+        except outdir.OutDirError as err:
+            raise CacheError(str(err)) from None
+        print(f"WARNING: --overwrite: replacing the cache in {directory}")
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     n = len(rows)
@@ -245,7 +255,7 @@ def main(
             if not _shard_ok(directory / shard_name(s, e), pair_ids[s:e], known.get(shard_name(s, e)))}
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
                          logger=False, use_distributed_sampler=False, enable_checkpointing=False,
-                         callbacks=[ShardWriter(directory, shards, pair_ids, keys)])
+                         callbacks=[ShardWriter(directory, shards, pair_ids, keys), StopOnSigterm()])
     if trainer.is_global_zero and (old is None or todo):
         # not complete while shards are (re)computed; the verified ones stay listed so a rerun can skip them
         _write_json_atomic(manifest_path, {**expected, "shards": (old or {}).get("shards", []), "complete": False})
@@ -254,7 +264,10 @@ def main(
         tokenised = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
         loader = DataLoader(tokenised, batch_sampler=ShardBatchSampler(shards, todo, batch_size),
                             collate_fn=PairCollator(load_tokenizer(spec["tokenizer"]).pad_token_id or 0))
-        trainer.predict(teacher, dataloaders=loader, return_predictions=False)
+        try:
+            trainer.predict(teacher, dataloaders=loader, return_predictions=False)
+        except SIGTERMException as err:  # finished shards stay on disk and verify: a rerun resumes from them
+            raise Preempted(stopped_message("cache", trainer)) from err
     trainer.strategy.barrier()
     if trainer.is_global_zero:
         listed = []
