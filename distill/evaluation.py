@@ -60,15 +60,15 @@ def tatoeba_accuracy(encode: Any, languages: list[str], max_sentences: int | Non
     `encode(texts) -> (n, dim)` embeds sentences; a query is right when its own translation is the nearest of the
     corpus by cosine (the LASER test protocol, ≤ 1000 sentences per language; ties count as wrong).
     """
-    from distill.multilingual import TATOEBA_CODES, read_tatoeba
+    from distill.languages import iso
+    from distill.multilingual import read_tatoeba
 
-    iso = {v: k for k, v in TATOEBA_CODES.items()}
     out = {}
     for lang in languages:
         xx, en = read_tatoeba(lang)
         if max_sentences:
             xx, en = xx[:max_sentences], en[:max_sentences]
-        name = iso.get(lang, lang)
+        name = iso(lang)  # metric keys in ISO 639-1 whatever code the caller used (`deu`, `de`)
         ex = torch.nn.functional.normalize(encode(xx).float(), dim=-1)
         ee = torch.nn.functional.normalize(encode(en).float(), dim=-1)
         for key, q, c in ((f"{name}-en", ex, ee), (f"en-{name}", ee, ex)):
