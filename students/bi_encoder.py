@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
 from distill.backbones import check_max_length, load_backbone
+from distill.checkpoints import RecordsBackbone
 
 CONFIG_NAME = "distill_student.json"
 HEAD_NAME = "dse_head.safetensors"
@@ -36,7 +37,7 @@ class DSEHead(nn.Module):
         return torch.sigmoid(self.mlp(features).squeeze(-1))
 
 
-class BiEncoder(nn.Module):
+class BiEncoder(RecordsBackbone, nn.Module):
     """A sentence encoder: backbone + pooling + optional normalisation + optional DSE pair head.
 
     Args:
@@ -72,6 +73,10 @@ class BiEncoder(nn.Module):
         check_max_length(self.encoder, max_seq_length, "student max_seq_length")
         dim = self.encoder.config.hidden_size
         self.head = DSEHead(dim, dse_hidden or dim) if dse_head else None
+        self.register_load_state_dict_pre_hook(RecordsBackbone._allow_unrecorded)
+
+    def _backbone_parts(self) -> tuple[nn.Module, Any]:
+        return self.encoder, self.tokenizer
 
     @functools.cached_property
     def tokenizer(self) -> Any:

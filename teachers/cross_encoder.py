@@ -12,6 +12,7 @@ from torchmetrics import Accuracy, MetricCollection, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from distill.backbones import check_max_length, load_backbone
+from distill.checkpoints import RecordsBackbone
 
 
 def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float, warmup_ratio: float,
@@ -39,7 +40,7 @@ def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class CrossEncoder(pl.LightningModule):
+class CrossEncoder(RecordsBackbone, pl.LightningModule):
     """A cross-encoder: regression head (`num_labels=1`, score in [0, 1] after a sigmoid) or classification.
 
     Args:
@@ -79,6 +80,12 @@ class CrossEncoder(pl.LightningModule):
         name = "spearman" if self.regression else "accuracy"
         self.metrics = torch.nn.ModuleDict(
             {s: MetricCollection({name: make()}, prefix=f"{s}/") for s in ("val", "test")})
+        self.register_load_state_dict_pre_hook(RecordsBackbone._allow_unrecorded)
+
+    def _backbone_parts(self) -> tuple[torch.nn.Module, Any]:
+        from transformers import AutoTokenizer
+
+        return self.model, AutoTokenizer.from_pretrained(self.backbone_path)
 
     @property
     def score_transform(self) -> str:
