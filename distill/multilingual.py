@@ -215,7 +215,15 @@ def load_encoder(model: str, prefix: str = "") -> Any:
 
 def _identity(model: str) -> str:
     """What names a teacher's embeddings on disk: the path plus the size and time of its weight files."""
+    from distill import backbones
+
     path = Path(model)
+    if not path.exists():
+        # a short name (multilingual-e5-small) lives in a folder that `prepare --fp16` may re-make: key by its files
+        try:
+            path = Path(backbones.resolve(model))
+        except FileNotFoundError:
+            pass  # loading it names what is missing
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) \
         if path.is_dir() else []
     return model + "|" + "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
