@@ -16,16 +16,17 @@ from distill.cli import run
 from distill.signals import EXIT_STATUS
 
 
-def _cache(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, str(ROOT / "tests" / script), *args], capture_output=True, text=True,
-                          timeout=300, env=env)
+def _cache_then_signal(args: list[str], signal: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "DISTILL_TEST_SIGNAL": signal}
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "kill_cache.py"), *args], capture_output=True,
+                          text=True, timeout=300, env=env)
 
 
 def test_sigterm_stops_cache_nonzero_and_a_rerun_resumes(tiny_backbone, pair_files, teacher_ckpt, score_cache,
                                                          tmp_path):
     out = tmp_path / "cache"
-    stopped = _cache("term_cache.py", cache_args(tiny_backbone, pair_files, teacher_ckpt, out))
+    stopped = _cache_then_signal(cache_args(tiny_backbone, pair_files, teacher_ckpt, out), "SIGTERM")
     assert stopped.returncode == EXIT_STATUS, stopped.stderr[-3000:]
     assert "cache stopped by SIGTERM" in stopped.stderr
     manifest = json.loads((out / "manifest.json").read_text())
