@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from distill import export as exporting
 from distill import onnx_backend, tracking
 from distill.checkpoints import CheckpointError, read_checkpoint
+from students.bi_encoder import CONFIG_NAME as STUDENT_CONFIG
 
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 REGIMES = ("unique-pairs", "one-vs-n")
@@ -196,7 +197,7 @@ def _prepare(teacher: str | None, students: list[str], out_dir: Path, backends: 
         wanted = teacher_backends if role == "teacher" else backends
         folder = Path(path)
         if folder.is_dir():
-            is_student = (folder / "distill_student.json").is_file()
+            is_student = (folder / STUDENT_CONFIG).is_file()
             if is_student != (role == "student"):
                 raise BenchError(f"{path} is a {'student' if is_student else 'teacher'} folder, given as the "
                                  f"{role}; swap `teacher` and `students`")
@@ -291,7 +292,7 @@ def _runners(folders: dict[str, dict[str, Any]], backends: list[str], teacher_ba
     for name, info in folders.items():
         folder = Path(info["folder"])
         if info["role"] == "student":
-            config = json.loads((folder / "distill_student.json").read_text())
+            config = json.loads((folder / STUDENT_CONFIG).read_text())
             before = sampler.current()
             student = BiEncoder.from_pretrained(folder).eval()
             load_mb = sampler.current() - before

@@ -198,6 +198,7 @@ def load_encoder(model: str, prefix: str = "") -> Any:
     """A bi-encoder to embed with: a student checkpoint (.ckpt), a student or exported folder (its own prefix),
     or a backbone short name / folder (with `prefix`, mean pooling, normalised)."""
     from students import BiEncoder
+    from students.bi_encoder import CONFIG_NAME
 
     path = Path(model)
     if path.suffix == ".ckpt":
@@ -208,7 +209,7 @@ def load_encoder(model: str, prefix: str = "") -> Any:
             raise DataError(f"{model} is a {kind} checkpoint; teacher embeddings need a bi-encoder (a student "
                             f"checkpoint or folder, or a backbone)")
         return encoder
-    if (path / "distill_student.json").is_file():
+    if (path / CONFIG_NAME).is_file():
         return BiEncoder.from_pretrained(path)
     return BiEncoder(backbone=model, prefix=prefix)
 

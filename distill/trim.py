@@ -37,9 +37,9 @@ import torch
 from distill import catalog, multilingual, outdir
 from distill.backbones import resolve
 from distill.data import DataError, read_pairs, read_texts
+from students.bi_encoder import CONFIG_NAME as STUDENT_CONFIG
 
 REPORT = "trim_report.json"
-STUDENT_CONFIG = "distill_student.json"  # students.bi_encoder.CONFIG_NAME
 BACKBONE_CONFIG = "distill_backbone.json"  # distill.prepare.MARKER: how a prepared backbone expects its inputs
 MIN_COSINE = 0.9999  # trimmed vs original embeddings of corpus sentences
 UNKNOWN_WARN = 0.05  # warn when more than this share of an evaluation set's tokens is unknown after trimming
