@@ -35,6 +35,12 @@ PROBES = [
 ]
 ONNX_TOLERANCE = 1e-4  # max abs difference of fp32 ONNX embeddings from torch's
 ST_MIN_COSINE = 0.9999  # sentence-transformers' embeddings vs distill's
+# int8 is lossy: checked against the project's bar (|Δ Spearman| on STS-B dev vs fp32) and for gross breakage
+INT8_SPEARMAN_DELTA = 0.01  # all-MiniLM-L6-v2 as a student: -0.0046
+INT8_MIN_COSINE = 0.8  # int8 vs torch embeddings, min over the probes; all-MiniLM-L6-v2: 0.865 (on "ok")
+INT8_MAX_SCORE_DIFF = 0.05  # int8 vs fp32 teacher scores in [0, 1] on dev pairs
+# a Spearman delta of scores that vary less than int8's own noise (an untrained or tiny teacher) is a coin toss
+INT8_MIN_SCORE_SPREAD = 1e-3  # std of the fp32 scores on dev pairs
 
 DSE_LOADER = '''"""Load the DSE pair head saved beside this encoder; needs only torch and safetensors.
 
@@ -219,8 +225,10 @@ def _student_onnx(student: Any, folder: Path, reference: torch.Tensor, int8: boo
         for name, enc in (("fp32", fp32), ("int8", q8)):
             u, v = enc.encode(pairs["a"]), enc.encode(pairs["b"])
             rho[name] = spearmanr(torch.nn.functional.cosine_similarity(u, v).numpy(), pairs["gold"]).statistic
-        checks["int8_spearman_delta"] = round(float(rho["int8"] - rho["fp32"]), 4)
-        checks["int8_checked_on"] = f"STS-B dev, first {len(pairs['a'])} pairs, cosine"
+        cos = torch.nn.functional.cosine_similarity(q8.encode(PROBES), reference, dim=-1).min().item()
+        checks.update(_int8_checks(folder, {"int8_min_cosine": (cos, INT8_MIN_COSINE),
+                                            "int8_spearman_delta": (rho["int8"] - rho["fp32"], INT8_SPEARMAN_DELTA)}))
+        checks["int8_checked_on"] = f"STS-B dev, first {len(pairs['a'])} pairs, cosine; min cosine on the probes"
     return checks
 
 
@@ -264,12 +272,35 @@ def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool 
         checks["onnx_max_abs_diff"] = float(f"{diff:.3g}")
         if int8:
             onnx_backend.quantize_int8(folder / onnx_backend.ONNX_FILE, folder / onnx_backend.INT8_FILE)
+            q8 = onnx_backend.OnnxCrossEncoder(folder, onnx_backend.INT8_FILE, max_length)
+            dev = _dev_pairs()
+            dev_pairs = list(zip(dev["a"], dev["b"]))
+            scores = {"fp32": served.predict(dev_pairs), "int8": q8.predict(dev_pairs)}
+            rho = {k: spearmanr(v, dev["gold"]).statistic for k, v in scores.items()}
+            measured = {"int8_max_abs_diff": (float(abs(scores["int8"] - scores["fp32"]).max()), INT8_MAX_SCORE_DIFF)}
+            spread = float(scores["fp32"].std())
+            if spread >= INT8_MIN_SCORE_SPREAD:
+                measured["int8_spearman_delta"] = (rho["int8"] - rho["fp32"], INT8_SPEARMAN_DELTA)
+            checks.update(_int8_checks(folder, measured))
+            checks["int8_checked_on"] = (f"STS-B dev, first {len(dev_pairs)} pairs, against the fp32 ONNX scores"
+                                         + ("" if "int8_spearman_delta" in measured else
+                                            f"; Spearman not checked: the scores' std is {spread:.1e}"))
     report = {"kind": "teacher", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
               "config": {"max_length": max_length}, "checks": checks,
               "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
     (folder / REPORT).write_text(json.dumps(report, indent=2))
     write_card(folder, report)
     return report
+
+
+def _int8_checks(folder: Path, measured: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Each (value, limit) within its limit (a minimum for `min_` checks, else a bound on the absolute value), or a
+    one-line refusal naming the check; a NaN fails both."""
+    for name, (value, limit) in measured.items():
+        if not (value >= limit if "_min_" in name else abs(value) <= limit):
+            raise ExportError(f"{folder / onnx_backend.INT8_FILE}: int8 check {name} is {value:.4g}, beyond its limit "
+                              f"{limit}; the folder was not written: export without --int8 (fp32 ONNX passed)")
+    return {name: round(float(value), 4) for name, (value, _) in measured.items()}
 
 
 def _dev_pairs(limit: int = 500) -> dict[str, list]:

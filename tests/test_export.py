@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill import export as export_module
 from distill.cli import main
 from distill.export import PROBES, ExportError
 from distill.export import main as export
@@ -54,7 +55,7 @@ def test_dse_head_loads_with_torch_only(exported: Path, student_ckpt: str):
         assert np.allclose(json.loads(out.stdout), student.head(u, v).tolist(), atol=1e-6)
 
 
-def test_onnx_fp32_matches_torch_and_int8_is_reported(exported: Path, student_ckpt: str):
+def test_onnx_fp32_matches_torch_and_int8_is_checked(exported: Path, student_ckpt: str):
     from distill.checkpoints import load_model
     from distill.onnx_backend import INT8_FILE, ONNX_FILE, OnnxStudent
 
@@ -65,8 +66,9 @@ def test_onnx_fp32_matches_torch_and_int8_is_reported(exported: Path, student_ck
     assert (exported / INT8_FILE).stat().st_size < (exported / ONNX_FILE).stat().st_size
     checks = json.loads((exported / "export_report.json").read_text())["checks"]
     delta = checks["int8_spearman_delta"]
-    # measured -0.0015 on the tiny student; a broken quantisation (or a NaN) would not stay within 0.05
-    assert math.isfinite(delta) and abs(delta) < 0.05, delta
+    # measured -0.0015 on the tiny student; the export itself refuses beyond the project's bar (issue 15 item 5)
+    assert math.isfinite(delta) and abs(delta) <= export_module.INT8_SPEARMAN_DELTA, delta
+    assert export_module.INT8_MIN_COSINE <= checks["int8_min_cosine"] <= 1.0, checks
     assert checks["onnx_max_abs_diff"] <= 1e-4
     card = (exported / "README.md").read_text()
     assert "library_name: sentence-transformers" in card and "int8_spearman_delta" in card
