@@ -84,7 +84,8 @@ def weights_dtype(folder: str | Path, model: nn.Module) -> str:
         with file.open("rb") as f:
             header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
         found |= {names[v["dtype"]] for k, v in header.items() if k != "__metadata__" and v["dtype"] in names}
-    return "+".join(sorted(found)) or str(next(model.parameters()).dtype).removeprefix("torch.")
+    # no safetensors (a .bin folder): the dtype its config records, not the live one, which bf16-true training changes
+    return "+".join(sorted(found)) or str(getattr(model.config, "dtype", None) or "unrecorded").removeprefix("torch.")
 
 
 class RecordsBackbone:
