@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 from distill import catalog, onnx_backend, outdir, tracking
 from distill.checkpoints import load_model, read_checkpoint
+from students.bi_encoder import CONFIG_NAME as STUDENT_CONFIG
 
 REPORT = "export_report.json"
 ST_HINT = "pip install 'distill[export]'"
@@ -149,7 +150,7 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     write_sentence_transformers_config(folder, cfg, student.encoder.config.hidden_size,
                                        no_pooler=takes_flag and not pooled)
     config = {**cfg, "selected_mode": meta.get("selected_mode", "cosine")}
-    (folder / "distill_student.json").write_text(json.dumps(config, indent=2))
+    (folder / STUDENT_CONFIG).write_text(json.dumps(config, indent=2))
     if student.head is not None:
         first = student.head.mlp[0]
         (folder / "dse_head.json").write_text(json.dumps(
