@@ -101,13 +101,7 @@ def test_distill_module_learns_from_teacher_scores(student, pair_files, score_ca
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
     module.log = lambda *args, **kwargs: None
     module.eval()  # dropout off: the comparison is about the gradient, not noise
-    losses = []
-    for _ in range(10):
-        loss = module.training_step(batch, 0)
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = _steps(module, batch, opt)
     assert min(losses) < 0.5 * losses[0], losses
 
 
@@ -142,14 +136,7 @@ def test_classification_teacher_trains_on_tiny_data(tiny_backbone):
 
     def train(lr: float) -> tuple[list[float], bool]:
         teacher.load_state_dict(start)
-        opt = torch.optim.AdamW(teacher.parameters(), lr=lr)
-        losses = []
-        for _ in range(10):
-            loss = teacher.training_step(batch, 0)
-            losses.append(loss.item())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        losses = _steps(teacher, batch, torch.optim.AdamW(teacher.parameters(), lr=lr))
         return losses, any(not torch.equal(start[k], v) for k, v in teacher.state_dict().items())
 
     losses, moved = train(1e-2)
@@ -173,3 +160,15 @@ def test_the_tiny_test_tokenizer_knows_its_words(tiny_backbone):
     tok = AutoTokenizer.from_pretrained(tiny_backbone)
     ids = tok("a man plays guitar .", add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids and len(set(ids)) == 5
+
+
+def _steps(module: torch.nn.Module, batch: dict, opt: torch.optim.Optimizer, n: int = 10) -> list[float]:
+    """`n` optimiser steps of `module.training_step` on one batch; the loss before each step."""
+    losses = []
+    for _ in range(n):
+        loss = module.training_step(batch, 0)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return losses
