@@ -67,8 +67,8 @@ EXTRA_STATE = "_extra_state"  # torch's key for `get_extra_state` in a state dic
 
 
 def tokenizer_hash(tok: Any) -> str:
-    """`distill.data.tokenizer_fingerprint` of a loaded tokenizer: that one caches tokenizers by path, and a
-    checkpoint check must see the folder as it is now."""
+    """Hash of what a loaded tokenizer does (vocabulary, normaliser, model), not of where it lives; a checkpoint
+    check hashes the folder as it is now, `distill.data.tokenizer_fingerprint` a path's (cached) tokenizer."""
     if tok.is_fast:  # the serialised tokenizer records the truncation/padding of its last call: leave those out
         spec = {k: v for k, v in json.loads(tok.backend_tokenizer.to_str()).items()
                 if k not in ("truncation", "padding")}

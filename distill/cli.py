@@ -149,7 +149,11 @@ def _has_writer(callbacks: Any) -> bool:
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
-    """The file `--ckpt_path last` resolves to (Lightning's rule: the newest `last*.ckpt` of the checkpointers)."""
+    """The file `--ckpt_path last` resolves to (Lightning's rule: the newest `last*.ckpt` of the checkpointers).
+
+    Uses the private `ModelCheckpoint._find_last_checkpoints`, which Lightning's own "last" resolution calls
+    (Lightning-AI/pytorch-lightning#14907); no public API names that file (Lightning-AI/pytorch-lightning#14740).
+    """
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     found = {p for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)

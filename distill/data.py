@@ -28,6 +28,7 @@ from transformers import AutoTokenizer
 
 from distill import catalog
 from distill.backbones import cache_root
+from distill.checkpoints import tokenizer_hash
 from distill.resume import ResumableLoader
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -267,8 +268,6 @@ def fingerprint(rows: Dataset) -> str:
 
 def _column_hash(rows: Dataset, column: str) -> str:
     """Content hash of one column, streamed (numbers hashed as their float64 bytes)."""
-    import numpy as np
-
     h = hashlib.sha256()
     for batch in rows.select_columns([column]).iter(batch_size=65536):
         values = batch[column]
@@ -286,13 +285,7 @@ def load_tokenizer(path: str):  # noqa: ANN201 - transformers' tokenizer classes
 
 def tokenizer_fingerprint(path: str) -> str:
     """Hash of what a tokenizer does (vocabulary, normaliser, model), not of where it lives."""
-    tok = load_tokenizer(path)
-    if tok.is_fast:
-        # the serialised tokenizer also records the truncation/padding of its last call: leave those out
-        spec = {k: v for k, v in json.loads(tok.backend_tokenizer.to_str()).items()
-                if k not in ("truncation", "padding")}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    return hashlib.sha256(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest()
+    return tokenizer_hash(load_tokenizer(path))
 
 
 def tokenised_cache_file(rows: Dataset, spec: dict[str, Any], split: str) -> Path:
