@@ -260,31 +260,49 @@ def _patterns() -> list[str]:
     return ["/".join([dataset, *(part(a) for a in parts)]) for dataset, parts in PARTS.items()]
 
 
+def read_local(name: str, root: Path) -> Entry:
+    """A catalog set read from the data folder `root` (its layout under `root/<set folder>/`), never the Hub.
+
+    Raises:
+        CatalogError: an unknown name, or a set folder that is missing, lacks a file or holds another layout.
+    """
+    dataset, parts = _parse(name)
+    spec = CATALOG[dataset]
+    folder = root / spec.folder
+    missing = [f for f in spec.files(parts) if not (folder / f).is_file()]
+    if missing:
+        raise CatalogError(f"{name}: {folder / missing[0]} is missing; the folder {folder} is incomplete: restore "
+                           f"it, or point DISTILL_DATA at a complete copy")
+    return Entry(name, spec.kind, spec.read(folder, parts), spec.licence, str(folder), spec.label_range)
+
+
+def texts(name: str) -> list[str]:
+    """Every sentence of a pairs or parallel set (both sides, file order): a corpus or a sentence pool."""
+    entry = load(name)
+    if entry.kind == "retrieval":
+        raise CatalogError(f"{name} is a retrieval set; give pairs, parallel text or a file here")
+    a, b = ("text_a", "text_b") if entry.kind == "pairs" else ("source", "translation")
+    return [*entry.rows[a], *entry.rows[b]]
+
+
 @lru_cache(maxsize=64)
 def _load(name: str, root: str) -> Entry:
     dataset, parts = _parse(name)
     spec = CATALOG[dataset]
     folder = Path(root) / spec.folder
     if folder.is_dir():  # (a) the local folder: every file of the set must be there
-        missing = [f for f in spec.files(parts) if not (folder / f).is_file()]
-        if missing:
-            raise CatalogError(f"{name}: {folder / missing[0]} is missing; the folder {folder} is incomplete: restore "
-                               f"it, or point DISTILL_DATA at a complete copy")
-        rows, origin = spec.read(folder, parts), str(folder)
-        label_range = spec.label_range
-    else:  # (b) the Hub, cached by `datasets`
-        try:
-            rows = spec.hub(parts)
-        except CatalogError:
-            raise
-        except Exception as err:  # noqa: BLE001 - offline, gated or renamed: one line, whatever datasets raises
-            raise CatalogError(
-                f"{name}: no folder {folder} (DISTILL_DATA={os.environ.get('DISTILL_DATA', '<unset>')}) and the Hub "
-                f"set {spec.hub_id} could not be loaded ({type(err).__name__}); set DISTILL_DATA to a folder holding "
-                f"{spec.folder}/, or go online") from None
-        origin = f"hf:{spec.hub_id}"
-        label_range = (0.0, 1.0) if dataset == "stsb" else spec.label_range
-    return Entry(name, spec.kind, rows, spec.licence, origin, label_range)
+        return read_local(name, Path(root))
+    try:  # (b) the Hub, cached by `datasets`
+        rows = spec.hub(parts)
+    except CatalogError:
+        raise
+    except Exception as err:  # noqa: BLE001 - offline, gated or renamed: one line, whatever datasets raises
+        raise CatalogError(
+            f"{name}: no folder {folder} (DISTILL_DATA={os.environ.get('DISTILL_DATA', '<unset>')}) and the Hub "
+            f"set {spec.hub_id} could not be loaded ({type(err).__name__}); set DISTILL_DATA to a folder holding "
+            f"{spec.folder}/, or go online") from None
+    label_range = (0.0, 1.0) if dataset == "stsb" else spec.label_range  # the Hub copy's scores are in [0, 1]
+    return Entry(name, spec.kind, rows, spec.licence, f"hf:{spec.hub_id}", label_range)
 
 
 def load(name: str) -> Entry:

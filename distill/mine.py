@@ -38,10 +38,11 @@ def pool_texts(sources: list[str]) -> list[str]:
     """Unique texts (both sides of every pair, first occurrence kept) of pair files or catalog sets (`stsb/train`)."""
     seen: dict[str, str] = {}
     for source in sources:
-        if catalog.is_name(source) and source.split("/")[0] in catalog.CATALOG and \
-                catalog.CATALOG[source.split("/")[0]].kind == "parallel":  # parallel text: both sides
-            rows = catalog.load(source).rows
-            texts = [*rows["source"], *rows["translation"]]
+        if catalog.is_name(source):  # a catalog set (pairs or parallel text): both sides
+            try:
+                texts = catalog.texts(source)
+            except catalog.CatalogError as err:
+                raise DataError(str(err)) from None
         else:
             pairs, _ = read_pairs(source, label_column=None)
             texts = [*pairs["text_a"], *pairs["text_b"]]

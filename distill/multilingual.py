@@ -41,7 +41,7 @@ def check_languages(languages: list[str] | tuple[str, ...], key: str, known: tup
 
 def read_stsb_mt(lang: str, split: str, root: Path | None = None) -> pd.DataFrame:
     """One language and split of stsb_multi_mt (catalog `stsb_multi_mt/<lang>/<split>`) as columns
-    `text_a, text_b, label` (0-5); `root`: read that folder instead (the catalog's layout).
+    `text_a, text_b, label` (0-5); `root`: a data folder to read instead of the catalog's (same layout).
 
     Raises:
         DataError: an unknown language or split, a missing file, or a file whose row count differs from the
@@ -67,13 +67,7 @@ def read_stsb_mt(lang: str, split: str, root: Path | None = None) -> pd.DataFram
 def _stsb_mt_frame(lang: str, split: str, root: Path | None) -> pd.DataFrame:
     name = f"stsb_multi_mt/{lang}/{split}"
     try:
-        if root is not None:
-            spec = catalog.CATALOG["stsb_multi_mt"]
-            missing = [f for f in spec.files([lang, split]) if not (root / f).is_file()]
-            if missing:
-                raise DataError(f"{root / missing[0]}: no such file; the stsb_multi_mt folder is incomplete")
-            return spec.read(root, [lang, split]).to_pandas()
-        return catalog.load(name).rows.to_pandas()
+        return (catalog.read_local(name, root) if root is not None else catalog.load(name)).rows.to_pandas()
     except catalog.CatalogError as err:
         raise DataError(str(err)) from None
 

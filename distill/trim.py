@@ -198,17 +198,11 @@ def _read_source(source: str) -> list[str]:
     if _is_test_set(source):
         raise TrimError(f"{source} is a test set; trim keeps the vocabulary of training data only (test sentences "
                         f"would flatter the evaluation): use its train split")
-    if catalog.is_name(source):  # a catalog set: pairs (both sides) or parallel text (both sides)
+    if catalog.is_name(source):  # a catalog set: pairs or parallel text, both sides
         try:
-            entry = catalog.load(source)
+            return catalog.texts(source)
         except catalog.CatalogError as err:
             raise TrimError(str(err)) from None
-        if entry.kind == "parallel":
-            return list(entry.rows["source"]) + list(entry.rows["translation"])
-        if entry.kind != "pairs":
-            raise TrimError(f"{source} is a {entry.kind} set; give pairs, parallel text or a file as --corpus")
-        rows, _ = read_pairs(source, label_column=None)
-        return list(rows["text_a"]) + list(rows["text_b"])
     if not path.is_file() and not source.startswith("hf:"):
         raise TrimError(f"{source}: no such file; fix --corpus")
     if path.suffix.lower() in TEXT_SUFFIXES and not source.startswith("hf:"):

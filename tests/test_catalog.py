@@ -239,3 +239,17 @@ def test_model_cards_name_the_training_data_and_its_licence(tmp_path: Path) -> N
     export.write_card(tmp_path, {"kind": "teacher", "training_data": data, "checks": {}, "files": {}})
     card = (tmp_path / "README.md").read_text()
     assert "| `stsb/train` | STS Benchmark: scores CC BY-SA 4.0" in card and "bundled" not in card
+
+
+def test_texts_of_a_set_are_both_sides_and_retrieval_sets_are_refused(data_dir: Path) -> None:
+    """The sentence pool of `distill mine` and the corpus of `distill trim` when given a catalog name."""
+    write_stsb(data_dir)
+    (data_dir / "tatoeba").mkdir()
+    (data_dir / "tatoeba" / "tatoeba.deu-eng.deu").write_text("Hallo.\n", encoding="utf-8")
+    (data_dir / "tatoeba" / "tatoeba.deu-eng.eng").write_text("Hello.\n", encoding="utf-8")
+    assert catalog.texts("stsb/train") == [a for a, _, _ in PAIRS] + [b for _, b, _ in PAIRS]
+    assert catalog.texts("tatoeba/deu") == ["Hello.", "Hallo."]
+    (data_dir / "xquad").mkdir()
+    (data_dir / "xquad" / "xquad.en.json").write_text('{"data": []}')
+    with pytest.raises(catalog.CatalogError, match="xquad/en is a retrieval set; give pairs, parallel text or a"):
+        catalog.texts("xquad/en")

@@ -55,10 +55,11 @@ def test_bad_language_codes_and_misaligned_translations_are_named(tmp_path: Path
     with pytest.raises(DataError, match="unknown language code 'qq'"):
         tatoeba_code("qq")
     assert tatoeba_code("zh") == "cmn" and tatoeba_code("swe") == "swe"
-    root = catalog.data_root() / "stsb_multi_mt"
+    source, copy = catalog.data_root() / "stsb_multi_mt", tmp_path / "stsb_multi_mt"
+    copy.mkdir()
     for lang in ("en", "de"):
-        lines = (root / f"stsb-{lang}-dev.csv").read_text(encoding="utf-8").splitlines()
-        (tmp_path / f"stsb-{lang}-dev.csv").write_text("\n".join(lines[: 50 if lang == "de" else 60]) + "\n")
+        lines = (source / f"stsb-{lang}-dev.csv").read_text(encoding="utf-8").splitlines()
+        (copy / f"stsb-{lang}-dev.csv").write_text("\n".join(lines[: 50 if lang == "de" else 60]) + "\n")
     with pytest.raises(DataError, match=r"stsb_multi_mt/de/dev: 50 rows but stsb_multi_mt/en/dev has 60"):
         read_stsb_mt("de", "dev", root=tmp_path)
 
