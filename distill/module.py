@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from distill.evaluation import SpearmanByMode, compute_sets
 from distill.losses import ScoreRegression
 from distill.losses.score_regression import check_weight
+from distill.optim import adamw_with_warmup
 from students import BiEncoder
-from teachers.cross_encoder import adamw_with_warmup
 
 
 class DistillModule(pl.LightningModule):
