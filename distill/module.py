@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from distill.evaluation import SpearmanByMode, compute_sets
 from distill.losses import ScoreRegression
 from distill.losses.score_regression import check_weight
+from distill.names import COSINE
 from distill.optim import adamw_with_warmup
 from students import BiEncoder
 
@@ -73,7 +74,7 @@ class DistillModule(pl.LightningModule):
         self.set_metrics = nn.ModuleDict({"val": nn.ModuleDict(), "test": nn.ModuleDict()})
         self._memo: dict[tuple[int, ...], Tensor] = {}  # text (token ids) -> embedding, within one eval epoch
         # the scoring mode used for `{split}/spearman`: chosen on validation data, saved in checkpoints
-        self.selected_mode = "cosine"
+        self.selected_mode = COSINE
         if gradient_checkpointing:
             # non-reentrant: works with inputs that need no grad and under DDP (torch's recommended form);
             # transformers 5 renamed the switch, older releases only have gradient_checkpointing_enable
@@ -257,7 +258,7 @@ class DistillModule(pl.LightningModule):
         checkpoint["selected_mode"] = self.selected_mode
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.selected_mode = checkpoint.get("selected_mode", "cosine")
+        self.selected_mode = checkpoint.get("selected_mode", COSINE)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

@@ -15,11 +15,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
+from distill.backbone_record import RecordsBackbone
 from distill.backbones import check_max_length, load_backbone
-from distill.checkpoints import RecordsBackbone
+from distill.names import COSINE, DSE, DSE_HEAD, STUDENT_CONFIG
 
-CONFIG_NAME = "distill_student.json"
-HEAD_NAME = "dse_head.safetensors"
+# the old names of distill.names' constants: distill.bench and distill.multilingual import them from here
+CONFIG_NAME = STUDENT_CONFIG
+HEAD_NAME = DSE_HEAD
 
 
 class DSEHead(nn.Module):
@@ -85,7 +87,7 @@ class BiEncoder(RecordsBackbone, nn.Module):
     @property
     def modes(self) -> tuple[str, ...]:
         """Scoring modes this student offers."""
-        return ("cosine", "dse") if self.head is not None else ("cosine",)
+        return (COSINE, DSE) if self.head is not None else (COSINE,)
 
     def tokenization(self) -> dict[str, Any]:
         """How the datamodule must tokenise for this model (each text apart, with the prefix)."""
@@ -104,9 +106,9 @@ class BiEncoder(RecordsBackbone, nn.Module):
 
     def scores(self, u: Tensor, v: Tensor) -> dict[str, Tensor]:
         """Pair scores (batch,) in each mode: `cosine` in [-1, 1], `dse` in [0, 1]."""
-        out = {"cosine": nn.functional.cosine_similarity(u, v, dim=-1)}
+        out = {COSINE: nn.functional.cosine_similarity(u, v, dim=-1)}
         if self.head is not None:
-            out["dse"] = self.head(u, v)
+            out[DSE] = self.head(u, v)
         return out
 
     @torch.inference_mode()
@@ -132,19 +134,19 @@ class BiEncoder(RecordsBackbone, nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config, indent=2))
+        (directory / STUDENT_CONFIG).write_text(json.dumps(self.config, indent=2))
         if self.head is not None:
-            save_file(self.head.state_dict(), str(directory / HEAD_NAME))
+            save_file(self.head.state_dict(), str(directory / DSE_HEAD))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BiEncoder:
         """Load a folder written by `save_pretrained`."""
         directory = Path(directory)
-        if not (directory / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a distill student folder")
-        options = json.loads((directory / CONFIG_NAME).read_text())
+        if not (directory / STUDENT_CONFIG).is_file():
+            raise FileNotFoundError(f"{directory} has no {STUDENT_CONFIG}: not a distill student folder")
+        options = json.loads((directory / STUDENT_CONFIG).read_text())
         options.pop("selected_mode", None)  # written by `distill export`; not a constructor option
         student = cls(backbone=str(directory), **options)
         if student.head is not None:
-            student.head.load_state_dict(load_file(str(directory / HEAD_NAME)))
+            student.head.load_state_dict(load_file(str(directory / DSE_HEAD)))
         return student

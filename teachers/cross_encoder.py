@@ -11,8 +11,8 @@ from torch import Tensor
 from torchmetrics import Accuracy, MetricCollection, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification
 
+from distill.backbone_record import RecordsBackbone
 from distill.backbones import check_max_length, load_backbone
-from distill.checkpoints import RecordsBackbone
 from distill.optim import adamw_with_warmup
 
 

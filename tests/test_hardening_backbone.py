@@ -92,7 +92,7 @@ def test_an_unchanged_folder_loads_and_old_checkpoints_still_do(student_ckpt: st
     old = torch.load(student_ckpt, weights_only=True)
     old["state_dict"] = {k: v for k, v in old["state_dict"].items() if not k.endswith("_extra_state")}
     torch.save(old, tmp_path / "old.ckpt")
-    from distill.checkpoints import _warn_unrecorded
+    from distill.backbone_record import _warn_unrecorded
 
     _warn_unrecorded.cache_clear()  # it warns once per process
     with pytest.warns(UserWarning, match="predates the backbone fingerprint"):
