@@ -34,3 +34,9 @@ PARETO_PNG = "pareto.png"
 COSINE = "cosine"
 DSE = "dse"
 CROSS_ENCODER = "cross-encoder"
+
+# The quickstart's configs, relative to configs/ (the must-not-change public recipes)
+TEACHER_QUICKSTART = "teacher/quickstart.yaml"
+STUDENT_QUICKSTART = "student/quickstart.yaml"
+CACHE_QUICKSTART = "cache/quickstart.yaml"
+BENCH_QUICKSTART = "bench/quickstart.yaml"

@@ -8,16 +8,14 @@ Every stage runs the same verbs and configs a user runs (`configs/teacher/quicks
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import sys
-import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
+
+from distill import names
+from distill.recipe import Recipe, run_verb
 
 
 def _configs() -> Path:
@@ -26,19 +24,11 @@ def _configs() -> Path:
     from distill.catalog import installed_from
 
     for root in (Path(__file__).resolve().parents[1], installed_from(), Path.cwd()):
-        if root is not None and (root / "configs" / "teacher" / "quickstart.yaml").is_file():
+        if root is not None and (root / "configs" / names.TEACHER_QUICKSTART).is_file():
             return root / "configs"
     raise FileNotFoundError("distill quickstart needs the project's configs/ (configs/teacher/quickstart.yaml): run "
                             "it from the distill checkout, or install distill from one")
 
-
-
-def _cli(argv: list[str]) -> Any:
-    from distill.cli import run  # the CLI imports this module
-
-    # LightningCLI warns when given args while sys.argv holds `quickstart ...`; the args are the whole command
-    with mock.patch.object(sys, "argv", ["distill"]):
-        return run(argv)
 
 
 def _metrics(cli: Any) -> dict[str, float]:
@@ -49,6 +39,87 @@ def _alpha_args(alpha: float) -> list[str]:
     # the two named objectives of configs/student/quickstart.yaml, set by their dotted keys
     return [f"--model.init_args.objectives.teacher_mse.init_args.weight={alpha}",
             f"--model.init_args.objectives.gold_mse.init_args.weight={round(1 - alpha, 6)}"]
+
+
+class _Pipeline:
+    """The quickstart's stages over one experiment folder; each runs the verb and config a user runs."""
+
+    def __init__(self, root: Path, smoke: bool, precision: str | None, teacher_epochs: int | None,
+                 student_epochs: int | None) -> None:
+        self.root, self.smoke = root, smoke
+        self.epochs = {"teacher": teacher_epochs, "student": student_epochs}
+        self.shrink = ["--data.init_args.max_pairs=200"] if smoke else []
+        self.precision = precision
+        self.common = [*self.shrink, *([f"--trainer.precision={precision}"] if precision else [])]  # fit and test
+        self.teacher_cfg, self.student_cfg = str(_configs() / names.TEACHER_QUICKSTART), \
+            str(_configs() / names.STUDENT_QUICKSTART)
+        self.student_data = [f"--data.init_args.cache_dir={root / 'cache' / 'train'}"]
+
+    def fit(self, config: str, name: str, epochs: int | None, extra: list[str]) -> tuple[str, float]:
+        run_dir = self.root / name
+        args = ["fit", "--config", config, f"--trainer.default_root_dir={run_dir}",
+                f"--trainer.logger.init_args.save_dir={run_dir}", *self.common, *extra]
+        if self.smoke or epochs:
+            args.append(f"--trainer.max_epochs={1 if self.smoke else epochs}")
+        cb = run_verb(args).trainer.checkpoint_callback
+        return cb.best_model_path, round(float(cb.best_model_score), 4)
+
+    def test(self, config: str, ckpt: str | None, extra: list[str]) -> dict[str, float]:
+        args = ["test", "--config", config, "--trainer.logger=false", *self.common, *extra]
+        return _metrics(run_verb([*args, "--ckpt_path", ckpt] if ckpt else args))
+
+    def teacher(self) -> dict[str, Any]:
+        """1. the teacher: fit on train, selected on dev."""
+        ckpt, dev = self.fit(self.teacher_cfg, "teacher", self.epochs["teacher"], [])
+        return {"checkpoint": ckpt, "dev_spearman": dev}
+
+    def cache(self, teacher_ckpt: str) -> None:
+        """2. the teacher's scores of the training pairs (the quickstart owns its folder: --overwrite)."""
+        run_verb(["cache", "--config", str(_configs() / names.CACHE_QUICKSTART), "--ckpt_path", teacher_ckpt,
+                  "--out", str(self.root / "cache" / "train"), "--overwrite", "true", *self.shrink,
+                  *(["--precision", self.precision] if self.precision else [])])
+
+    def students(self, weights: list[float]) -> dict[float, dict[str, Any]]:
+        """4. the gold-only control and a distilled student per teacher weight (same student, epochs, seed)."""
+        runs = {}
+        for alpha in [0.0, *weights]:
+            name = "student-gold-only" if alpha == 0 else f"student-alpha{alpha}"
+            ckpt, dev = self.fit(self.student_cfg, name, self.epochs["student"], [*self.student_data,
+                                                                                 *_alpha_args(alpha)])
+            runs[alpha] = {"checkpoint": ckpt, "dev_spearman": dev}
+            print(f"[quickstart] {name}: dev spearman {dev}")
+        return runs
+
+    def test_students(self, runs: dict[float, dict[str, Any]], weights: list[float]) -> dict[str, Any]:
+        """The one best on dev (never on test) and the gold-only control, tested."""
+        best = max(weights, key=lambda a: runs[a]["dev_spearman"])
+        gold = self.test(self.student_cfg, runs[0.0]["checkpoint"], [*self.student_data, *_alpha_args(0.0)])
+        final = self.test(self.student_cfg, runs[best]["checkpoint"], [*self.student_data, *_alpha_args(best)])
+        return {"gold_only_test_spearman": gold["test/spearman"],
+                "gold_only_dev_spearman": runs[0.0]["dev_spearman"],
+                "test_spearman": final["test/spearman"], "test_spearman_cosine": final["test/spearman_cosine"],
+                "test_spearman_dse": final.get(f"test/spearman_{names.DSE}"),
+                "selected_mode": _selected_mode(runs[best]["checkpoint"]), "teacher_weight": best,
+                **{f"dev_spearman_teacher_weight_{a}": runs[a]["dev_spearman"] for a in weights},
+                "checkpoint": runs[best]["checkpoint"]}
+
+    def export(self, ckpt: str) -> str:
+        """5. ship it: the selected student as a sentence-transformers folder with ONNX fp32 and int8."""
+        folder = self.root / "export" / "student"
+        run_verb(["export", "--ckpt", ckpt, "--out", str(folder), "--onnx", "true", "--int8", "true",
+                  "--overwrite", "true"])
+        return str(folder)
+
+    def bench(self, teacher_ckpt: str, export_dir: str) -> dict[str, Any]:
+        """6. what it buys: teacher vs student, both regimes, sentence-transformers on the same weights beside."""
+        small = (["--max_pairs", "60", "--n_candidates", "[10, 100]", "--queries", "2", "--repeats", "2",
+                  "--chunk_pairs", "30"] if self.smoke else [])
+        out = self.root / "bench"
+        bench = run_verb(["bench", "--config", str(_configs() / names.BENCH_QUICKSTART), "--teacher", teacher_ckpt,
+                          "--students", f"[{export_dir}]", "--out", str(out), *small])
+        keep = ("median", "spread", "verdict", "recall_at_10", "spearman_delta")
+        return {"report": str(out / names.REPORT_JSON),
+                "ratios": {q["name"]: {k: q[k] for k in keep if k in q} for q in bench["ratios"]}}
 
 
 def main(
@@ -71,116 +142,32 @@ def main(
         precision: override the configs' training precision (they use `bf16-mixed`; `32-true` for fp32).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is offline; never reach for a hub
-    start = time.perf_counter()
     root = Path(out or ("runs/quickstart-smoke" if smoke else "runs/quickstart"))
     weights = teacher_weights or ([0.5] if smoke else [0.5, 1.0])
     if any(w <= 0 or w > 1 for w in weights):
         raise ValueError(f"teacher_weights {weights}: each must be in (0, 1]; 0 is the gold-only control")
-    shrink = ["--data.init_args.max_pairs=200"] if smoke else []
-    common = [*shrink, *([f"--trainer.precision={precision}"] if precision else [])]  # fit and test
-    teacher_cfg, student_cfg = str(_configs() / "teacher/quickstart.yaml"), str(_configs() / "student/quickstart.yaml")
-    stages: dict[str, float] = {}
-    report: dict[str, Any] = {"teacher": {}, "student": {}, "smoke": smoke}
-
-    def stage(name: str) -> None:
-        stages[name] = round(time.perf_counter() - start - sum(stages.values()), 1)
-        print(f"[quickstart] {name}: {stages[name]} s")
-
-    def fit(config: str, name: str, epochs: int | None, extra: list[str]) -> tuple[str, float]:
-        run_dir = root / name
-        args = ["fit", "--config", config, f"--trainer.default_root_dir={run_dir}",
-                f"--trainer.logger.init_args.save_dir={run_dir}", *common, *extra]
-        if smoke or epochs:
-            args.append(f"--trainer.max_epochs={1 if smoke else epochs}")
-        cb = _cli(args).trainer.checkpoint_callback
-        return cb.best_model_path, round(float(cb.best_model_score), 4)
-
-    def test(config: str, ckpt: str | None, extra: list[str]) -> dict[str, float]:
-        args = ["test", "--config", config, "--trainer.logger=false", *common, *extra]
-        return _metrics(_cli([*args, "--ckpt_path", ckpt] if ckpt else args))
-
-    # 1. teacher: fit on train, selected on dev
-    teacher_ckpt, teacher_dev = fit(teacher_cfg, "teacher", teacher_epochs, [])
-    stage("teacher_fit")
-    report["teacher"].update(checkpoint=teacher_ckpt, dev_spearman=teacher_dev,
-                             test_spearman=test(teacher_cfg, teacher_ckpt, [])["test/spearman"])
-    stage("teacher_test")
-
-    # 2. teacher scores for the training pairs
-    cache_dir = root / "cache" / "train"
-    _cli(["cache", "--config", str(_configs() / "cache/quickstart.yaml"), "--ckpt_path", teacher_ckpt,
-          "--out", str(cache_dir), "--overwrite", "true", *shrink,  # the quickstart owns its folder
-          *(["--precision", precision] if precision else [])])
-    student_data = [f"--data.init_args.cache_dir={cache_dir}"]
-    stage("cache")
-
+    steps = _Pipeline(root, smoke, precision, teacher_epochs, student_epochs)
+    # the quickstart reruns every stage (each verb overwrites its folder): a fresh report, no resume
+    recipe = Recipe(root, resume=False)
+    report = recipe.report
+    report.update(teacher={}, student={}, smoke=smoke)
+    teacher = recipe.stage("teacher_fit", steps.teacher)
+    report["teacher"].update(teacher)
+    report["teacher"]["test_spearman"] = recipe.stage(
+        "teacher_test", lambda: steps.test(steps.teacher_cfg, teacher["checkpoint"], [])["test/spearman"])
+    recipe.stage("cache", lambda: steps.cache(teacher["checkpoint"]))
     # 3. the student backbone as it is (cosine; the DSE head is untrained)
-    zero = test(student_cfg, None, student_data)
-    report["student"]["zero_shot_test_spearman"] = zero["test/spearman_cosine"]
-    stage("zero_shot")
-
-    # 4. gold-only control and distilled students (same student, epochs, seed)
-    runs = {}
-    for alpha in [0.0, *weights]:
-        name = "student-gold-only" if alpha == 0 else f"student-alpha{alpha}"
-        ckpt, dev = fit(student_cfg, name, student_epochs, [*student_data, *_alpha_args(alpha)])
-        runs[alpha] = {"checkpoint": ckpt, "dev_spearman": dev}
-        print(f"[quickstart] {name}: dev spearman {dev}")
-    stage("student_fits")
-    best = max(weights, key=lambda a: runs[a]["dev_spearman"])  # chosen on dev, never on test
-    gold = test(student_cfg, runs[0.0]["checkpoint"], [*student_data, *_alpha_args(0.0)])
-    final = test(student_cfg, runs[best]["checkpoint"], [*student_data, *_alpha_args(best)])
-    selected = _selected_mode(runs[best]["checkpoint"])
-    report["student"].update(
-        gold_only_test_spearman=gold["test/spearman"],
-        gold_only_dev_spearman=runs[0.0]["dev_spearman"],
-        test_spearman=final["test/spearman"],
-        test_spearman_cosine=final["test/spearman_cosine"],
-        test_spearman_dse=final.get("test/spearman_dse"),
-        selected_mode=selected,
-        teacher_weight=best,
-        **{f"dev_spearman_teacher_weight_{a}": runs[a]["dev_spearman"] for a in weights},
-        checkpoint=runs[best]["checkpoint"],
-    )
-    stage("student_test")
-
-    # 5. ship it: the selected student as a sentence-transformers folder with ONNX fp32 and int8
-    export_dir = root / "export" / "student"
-    _cli(["export", "--ckpt", runs[best]["checkpoint"], "--out", str(export_dir), "--onnx", "true", "--int8", "true",
-          "--overwrite", "true"])
-    report["student"]["export"] = str(export_dir)
-    stage("export")
-
-    # 6. what it buys: teacher vs student, both regimes, with sentence-transformers baselines on the same weights
-    small = (["--max_pairs", "60", "--n_candidates", "[10, 100]", "--queries", "2", "--repeats", "2",
-              "--chunk_pairs", "30"] if smoke else [])
-    bench = _cli(["bench", "--config", str(_configs() / "bench/quickstart.yaml"), "--teacher", teacher_ckpt,
-                  "--students", f"[{export_dir}]", "--out", str(root / "bench"), *small])
-    report["bench"] = {"report": str(root / "bench" / "report.json"),
-                       "ratios": {q["name"]: {k: q[k] for k in ("median", "spread", "verdict")} | (
-                           {"recall_at_10": q["recall_at_10"]} if "recall_at_10" in q else {}) | (
-                           {"spearman_delta": q["spearman_delta"]} if "spearman_delta" in q else {})
-                                  for q in bench["ratios"]}}
-    stage("bench")
-    report["stages"] = stages
-    report["wall_time_s"] = round(time.perf_counter() - start, 1)
-    report["machine"] = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                         "date": time.strftime("%Y-%m-%d")}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "report.json").write_text(json.dumps(report, indent=2))
-    (root / "report.md").write_text(render_markdown(report))
-    print((root / "report.md").read_text())
+    report["student"]["zero_shot_test_spearman"] = recipe.stage(
+        "zero_shot", lambda: steps.test(steps.student_cfg, None, steps.student_data)["test/spearman_cosine"])
+    runs = recipe.stage("student_fits", lambda: steps.students(weights))
+    report["student"].update(recipe.stage("student_test", lambda: steps.test_students(runs, weights)))
+    report["student"]["export"] = recipe.stage("export", lambda: steps.export(report["student"]["checkpoint"]))
+    report["bench"] = recipe.stage("bench", lambda: steps.bench(teacher["checkpoint"], report["student"]["export"]))
+    report["wall_time_s"] = round(recipe.elapsed_s, 1)
+    recipe.render = render_markdown
+    recipe.save()
+    print((root / names.REPORT_MD).read_text())
     return report
-
-
-def cpu_name() -> str:
-    """The CPU's model name (for reports)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _selected_mode(ckpt: str) -> str:

@@ -19,33 +19,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from silver_recipe import QUIET, ROOT, TEACHER_CACHE, best_teacher, cli, complete, tool  # noqa: E402
+from distill.machine import describe
+from distill.recipe import QUIET, Recipe, run_verb, strong_teacher
 
+ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "multilingual"
+BASE = "configs/multilingual/student.yaml"
 TRIM_LANGUAGES = ["en", "de", "es", "fr", "it", "nl", "pl", "pt"]
 TATOEBA = ["de", "es", "fr", "ja", "zh", "sv", "tr", "ar"]
 E5_ZERO_SHOT_EN = 0.8397  # ANCHORS.md: multilingual-e5-small zero-shot on STS-B test
 
 
-def test_metrics(config: str, out: Path, extra: list[str], ckpt: str | None = None) -> dict[str, float]:
-    argv = ["test", "--config", config, f"--trainer.default_root_dir={out}",
+def test_metrics(config: list[str], out: Path, extra: list[str], ckpt: str | None = None) -> dict[str, float]:
+    argv = ["test", *config, f"--trainer.default_root_dir={out}",
             f"--trainer.logger.init_args.save_dir={out}", *QUIET, *extra]
-    done = cli(argv + (["--ckpt_path", ckpt] if ckpt else []))
+    done = run_verb(argv + (["--ckpt_path", ckpt] if ckpt else []))
     return {k: round(float(v), 4) for k, v in done.trainer.callback_metrics.items() if k.startswith("test/")}
 
 
-def fit_and_test(arm: str, config: str, extra: list[str]) -> dict[str, Any]:
+def fit_and_test(arm: str, config: list[str], extra: list[str]) -> dict[str, Any]:
     out = OUT / arm
     start = time.perf_counter()
-    fit = cli(["fit", "--config", config, f"--trainer.default_root_dir={out}",
+    fit = run_verb(["fit", *config, f"--trainer.default_root_dir={out}",
                f"--trainer.logger.init_args.save_dir={out}", *QUIET, *extra])
     fit_s = time.perf_counter() - start
     cb = fit.trainer.checkpoint_callback
@@ -70,12 +71,12 @@ def trim_arm(report: dict[str, Any]) -> dict[str, Any]:
     student.save_pretrained(full)
     trimmed = OUT / "student-trimmed"
     start = time.perf_counter()
-    trim = tool("trim", ["--model", str(full), "--out", str(trimmed), "--languages", json.dumps(TRIM_LANGUAGES),
+    trim = run_verb(["trim", "--model", str(full), "--out", str(trimmed), "--languages", json.dumps(TRIM_LANGUAGES),
                          "--overwrite", "true"])
     trim_s = time.perf_counter() - start
     cross = [f"{x}-en" for x in TRIM_LANGUAGES if x != "en"]
     start = time.perf_counter()
-    metrics = test_metrics(str(ROOT / "configs/multilingual/student.yaml"), OUT / "trimmed",
+    metrics = test_metrics(["--config", BASE], OUT / "trimmed",
                            [f"--model.init_args.student.init_args.backbone={trimmed}",
                             f"--data.init_args.test_languages={json.dumps(TRIM_LANGUAGES)}",
                             f"--data.init_args.test_cross={json.dumps(cross)}",
@@ -139,12 +140,10 @@ def _met(name: str, value: float | None, bound: float | None) -> bool | None:
     return value <= bound if ("<=" in name and "loss" in name or "drop" in name) else value >= bound
 
 
-def write(report: dict[str, Any]) -> None:
+def markdown(report: dict[str, Any]) -> str:
     from distill.evaluation import markdown_table
 
     report["summary"] = summarise(report)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "report.json").write_text(json.dumps(report, indent=2))
     arms = [a for a in ("zero_shot", "gold_only", "student", "trimmed") if a in report["arms"]]
     sets: dict[str, dict[str, Any]] = {}
     for arm in arms:
@@ -155,7 +154,7 @@ def write(report: dict[str, Any]) -> None:
                 sets.setdefault(name, {"set": name})[arm] = v
     order = sorted(sets.values(), key=lambda r: (r["set"].startswith("Tatoeba"), r["set"].count("-"), r["set"]))
     lines = ["# Multilingual students (stsb_multi_mt test Spearman, cosine; Tatoeba accuracy; dev for selection)", "",
-             f"Machine: {report['machine']}. Commands: {report.get('commands', {})}.", "",
+             f"Machine: {describe(report['machine'])}. Commands: {report.get('commands', {})}.", "",
              f"Training languages: {report['train_languages']}; settings: {report['settings']}.", "",
              markdown_table(order), "", "## Targets", ""]
     for name, t in report["summary"].get("targets", {}).items():
@@ -165,7 +164,7 @@ def write(report: dict[str, Any]) -> None:
               "Stages (s): " + json.dumps(report["stages"]), "", *[f"Note: {n}" for n in report.get("notes", [])], ""]
     if "trimmed" in report["arms"]:
         lines += ["Trim: " + json.dumps({k: v for k, v in report["arms"]["trimmed"].items() if k != "metrics"}), ""]
-    (OUT / "report.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -174,57 +173,39 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["zero_shot", "student", "gold_only", "trimmed"])
     parser.add_argument("--args", nargs="*", default=[], help="extra CLI arguments for every fit and test")
     parser.add_argument("--out", default=str(OUT), help="where the arms and the report go")
+    parser.add_argument("--time_cap_min", type=float, default=None,
+                        help="stop before a stage once this many minutes have passed (rerun to continue)")
     args = parser.parse_args()
     OUT = Path(args.out).resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)
-    path = OUT / "report.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"arms": {}, "stages": {}}
-    report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-                        f"torch {__import__('torch').__version__}"
+    recipe = Recipe(OUT, render=markdown, time_cap_s=args.time_cap_min and args.time_cap_min * 60)
+    report = recipe.report
+    report.setdefault("arms", {})
     command = "python scripts/multilingual_recipe.py " + " ".join(sys.argv[1:])
     import yaml
 
-    config = yaml.safe_load((ROOT / "configs/multilingual/student.yaml").read_text())
+    config = yaml.safe_load((ROOT / BASE).read_text())
     report["train_languages"] = config["data"]["init_args"]["languages"]
     report["settings"] = {k: config["data"]["init_args"][k] for k in ("max_source_pairs", "mix_ratio", "max_val_pairs")}
     report["settings"].update(epochs=config["trainer"]["max_epochs"], extra_args=args.args)
     started = time.perf_counter()
-
-    def stage(name: str, fn: Any) -> Any:
-        start = time.perf_counter()
-        result = fn()
-        report["stages"][name] = round(time.perf_counter() - start, 1)
-        write(report)
-        print(f"multilingual recipe: {name} done in {report['stages'][name]} s", flush=True)
-        return result
-
-    stage("prepare", lambda: tool("prepare", []))
-    if best_teacher() is None:
-        stage("teacher_fit", lambda: cli(["fit", "--config", "configs/teacher/strong.yaml", *QUIET]))
-    teacher = best_teacher()
-    report["teacher_checkpoint"] = os.path.relpath(teacher, ROOT)
-    if not complete(TEACHER_CACHE / "train"):
-        stage("cache_train", lambda: tool("cache", ["--config", "configs/cache/strong.yaml", "--ckpt_path", teacher]))
-    student_cfg, gold_cfg = "configs/multilingual/student.yaml", "configs/multilingual/gold-only.yaml"
+    recipe.stage("prepare", lambda: run_verb(["prepare"]), done=False)
+    report["teacher_checkpoint"] = os.path.relpath(strong_teacher(recipe), ROOT)
+    student_cfg = ["--config", BASE]
+    arms = {"zero_shot": lambda: {"metrics": test_metrics(student_cfg, OUT / "zero-shot", args.args)},
+            "student": lambda: fit_and_test("student", student_cfg, args.args),
+            "gold_only": lambda: fit_and_test("gold-only", [*student_cfg, "--config",
+                                                            "configs/multilingual/gold-only.yaml"], args.args),
+            "trimmed": lambda: trim_arm(report)}
     for arm in args.arms:
-        if arm in report["arms"]:
+        if arm in report["arms"] or arm not in arms or (arm == "trimmed" and "student" not in report["arms"]):
             continue
-        if arm == "zero_shot":
-            result = stage(arm, lambda: {"metrics": test_metrics(student_cfg, OUT / "zero-shot", args.args)})
-        elif arm == "student":
-            result = stage(arm, lambda: fit_and_test("student", student_cfg, args.args))
-        elif arm == "gold_only":
-            result = stage(arm, lambda: fit_and_test("gold-only", gold_cfg, args.args))
-        elif arm == "trimmed" and "student" in report["arms"]:
-            result = stage(arm, lambda: trim_arm(report))
-        else:
-            continue
-        report["arms"][arm] = result
+        report["arms"][arm] = recipe.stage(arm, arms[arm], done=False)
         report.setdefault("commands", {})[arm] = command  # an interrupted recipe continues under another command
-        write(report)
+        recipe.save()
     report["stages"]["total_this_run"] = round(time.perf_counter() - started, 1)
-    write(report)
+    recipe.save()
     print((OUT / "report.md").read_text())
 
 

@@ -15,48 +15,29 @@ interrupted run continues where it stopped. Writes runs/silver/report.json and r
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
+
+from distill.machine import describe
+from distill.recipe import (
+    QUIET,
+    STRONG_CACHE,
+    STRONG_RUN,
+    STRONG_TEACHER,
+    Recipe,
+    cache_complete,
+    run_verb,
+    strong_teacher,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "silver"
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-TEACHER_CACHE = ROOT / "runs/strong-teacher/cache"
-
-
-def cli(argv: list[str]) -> Any:
-    from distill.cli import run
-
-    with mock.patch.object(sys, "argv", ["distill"]):
-        return run(argv)
-
-
-def tool(verb: str, argv: list[str]) -> Any:
-    """`distill <verb> ...` for the tool verbs, called the way distill.cli does (jsonargparse over main)."""
-    import importlib
-
-    import jsonargparse
-
-    main = importlib.import_module(f"distill.{verb}").main
-    return jsonargparse.CLI(main, args=argv, as_positional=False)
-
-
-def best_teacher() -> str | None:
-    found = sorted(glob.glob(str(ROOT / "runs/strong-teacher/logs/version_*/checkpoints/best-*.ckpt")))
-    return found[-1] if found else None
-
-
-def complete(cache: Path) -> bool:
-    manifest = cache / "manifest.json"
-    return manifest.is_file() and json.loads(manifest.read_text()).get("complete", False)
+TEACHER_CACHE = ROOT / STRONG_RUN / "cache"
 
 
 EPOCHS: list[str] = []  # set from --epochs / --val_check_interval in main()
@@ -75,7 +56,8 @@ def arm_args(arm: str, seed: int, out: Path, precision: str | None) -> list[str]
     if arm == "spine":
         return ["--config", str(ROOT / "configs/student/quickstart.yaml"),
                 f"--data.init_args.cache_dir={TEACHER_CACHE / 'train'}", *common]
-    return ["--config", str(ROOT / "configs/student/silver.yaml"), f"--data.init_args.train=[stsb/train, "
+    return ["--config", str(ROOT / "configs/student/quickstart.yaml"), "--config",
+            str(ROOT / "configs/student/silver.yaml"), f"--data.init_args.train=[stsb/train, "
             f"{SILVER['pairs']}]", f"--data.init_args.cache_dir=[{TEACHER_CACHE / 'train'}, {SILVER['cache']}]",
             *common]
 
@@ -83,10 +65,10 @@ def arm_args(arm: str, seed: int, out: Path, precision: str | None) -> list[str]
 def train_and_test(arm: str, seed: int, precision: str | None = None) -> dict[str, Any]:
     out = OUT / (f"{arm}-{precision}" if precision else arm) / f"seed{seed}"
     start = time.perf_counter()
-    fit = cli(["fit", *arm_args(arm, seed, out, precision)])
+    fit = run_verb(["fit", *arm_args(arm, seed, out, precision)])
     fit_s = time.perf_counter() - start
     cb = fit.trainer.checkpoint_callback
-    test = cli(["test", *arm_args(arm, seed, out, precision), "--ckpt_path", cb.best_model_path])
+    test = run_verb(["test", *arm_args(arm, seed, out, precision), "--ckpt_path", cb.best_model_path])
     metrics = {k: round(float(v), 4) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
     return {"arm": arm, "seed": seed, "precision": precision or "bf16-mixed",
             "dev_spearman": round(float(cb.best_model_score), 4), "test_spearman": metrics["test/spearman"],
@@ -116,12 +98,10 @@ def summarise(report: dict[str, Any]) -> None:
                                                                    4)
 
 
-def write(report: dict[str, Any]) -> None:
+def markdown(report: dict[str, Any]) -> str:
     summarise(report)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# Silver pairs from the strong teacher (STS-B test Spearman, dev for selection only)", "",
-             f"Machine: {report['machine']}. Command: `{report['command']}`.", "",
+             f"Machine: {describe(report['machine'])}. Command: `{report['command']}`.", "",
              "| arm | seeds | test Spearman per seed | mean | dev per seed |", "|---|---|---|---|---|"]
     for arm, row in report["summary"].items():
         if isinstance(row, dict):
@@ -142,10 +122,10 @@ def write(report: dict[str, Any]) -> None:
     lines += ["", f"Teacher: {report.get('teacher_checkpoint')}, STS-B test Spearman "
                   f"{report.get('teacher_test_spearman', 'not measured yet')}.",
               "", "Stages (s): " + json.dumps(report["stages"])]
-    (OUT / "report.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=["gold_only", "spine", "silver"])
@@ -154,6 +134,8 @@ def main() -> None:
     parser.add_argument("--val_check_interval", type=float, default=None, help="validate within epochs")
     parser.add_argument("--silver_pairs", type=int, default=None,
                         help="train on a seeded random subset of this many mined pairs (less teacher and fit time)")
+    parser.add_argument("--time_cap_min", type=float, default=None,
+                        help="stop before a stage once this many minutes have passed (rerun to continue)")
     args = parser.parse_args()
     if args.epochs:
         EPOCHS.append(f"--trainer.max_epochs={args.epochs}")
@@ -161,60 +143,56 @@ def main() -> None:
         EPOCHS.append(f"--trainer.val_check_interval={args.val_check_interval}")
     # checkpoints are named by epoch: with validation inside an epoch, keep them apart by step
     EPOCHS.append("--trainer.callbacks.init_args.filename=best-{epoch}-{step}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.chdir(ROOT)  # the configs name runs/ relative to the repository
-    path = OUT / "report.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"runs": [], "stages": {}}
-    report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-                        f"torch {__import__('torch').__version__}"
-    report["command"] = "nice -n 19 python scripts/silver_recipe.py " + " ".join(sys.argv[1:])
-    report["student_args"] = EPOCHS
+    return args
 
-    def stage(name: str, fn: Any) -> None:
-        start = time.perf_counter()
-        fn()
-        report["stages"][name] = round(time.perf_counter() - start, 1)
-        write(report)
 
-    if best_teacher() is None:
-        stage("teacher_fit", lambda: cli(["fit", "--config", "configs/teacher/strong.yaml", *QUIET]))
-    teacher = best_teacher()
-    report["teacher_checkpoint"] = os.path.relpath(teacher, ROOT)
-    if not complete(TEACHER_CACHE / "train"):
-        stage("cache_train", lambda: tool("cache", ["--config", "configs/cache/strong.yaml", "--ckpt_path", teacher]))
-    if not (OUT / "pairs.parquet").is_file():
-        stage("mine", lambda: tool("mine", ["--config", "configs/mine/silver.yaml"]))
-    if args.silver_pairs:
+def silver_pairs(recipe: Recipe, teacher: str, subset: int | None) -> None:
+    """Mine the silver pairs (once), optionally take a seeded subset, and cache the teacher's scores of them."""
+    recipe.stage("mine", lambda: run_verb(["mine", "--config", "configs/mine/silver.yaml"]),
+                 done=(OUT / "pairs.parquet").is_file())
+    if subset:
         import pandas as pd
 
-        SILVER.update(pairs=OUT / f"pairs-{args.silver_pairs}.parquet",
-                      cache=TEACHER_CACHE / f"silver-{args.silver_pairs}")
+        SILVER.update(pairs=OUT / f"pairs-{subset}.parquet", cache=TEACHER_CACHE / f"silver-{subset}")
         if not SILVER["pairs"].is_file():
             mined = pd.read_parquet(OUT / "pairs.parquet")
-            mined.sample(n=min(args.silver_pairs, len(mined)), random_state=0).sort_index().to_parquet(
-                SILVER["pairs"], index=False)
-    report["silver_pairs_file"] = os.path.relpath(SILVER["pairs"], ROOT)
-    if not complete(SILVER["cache"]):
-        stage("cache_silver", lambda: tool("cache", ["--config", "configs/cache/silver.yaml", "--ckpt_path", teacher,
-                                                     "--data.init_args.train", str(SILVER["pairs"]),
-                                                     "--out", str(SILVER["cache"])]))
+            mined.sample(n=min(subset, len(mined)), random_state=0).sort_index().to_parquet(SILVER["pairs"],
+                                                                                          index=False)
+    recipe.report["silver_pairs_file"] = os.path.relpath(SILVER["pairs"], ROOT)
+    recipe.stage("cache_silver", lambda: run_verb([
+        "cache", *STRONG_CACHE, "--config", "configs/cache/silver.yaml", "--ckpt_path", teacher,
+        "--data.init_args.train", str(SILVER["pairs"]), "--out", str(SILVER["cache"])]),
+        done=cache_complete(SILVER["cache"]))
+
+
+def main() -> None:
+    args = _parse()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.chdir(ROOT)  # the configs name runs/ relative to the repository
+    recipe = Recipe(OUT, render=markdown, time_cap_s=args.time_cap_min and args.time_cap_min * 60)
+    report = recipe.report
+    report.setdefault("runs", [])
+    report["command"] = "nice -n 19 python scripts/silver_recipe.py " + " ".join(sys.argv[1:])
+    report["student_args"] = EPOCHS
+    teacher = strong_teacher(recipe)
+    report["teacher_checkpoint"] = os.path.relpath(teacher, ROOT)
+    silver_pairs(recipe, teacher, args.silver_pairs)
     done = {(r["arm"], r["seed"], r["precision"]) for r in report["runs"]}
     todo = [(arm, seed, None) for seed in args.seeds for arm in args.arms]
     if args.precision_check:  # right after the first seed, so a run cut short still has the comparison
         todo.insert(len(args.arms), ("gold_only", args.seeds[0], "32-true"))
     for arm, seed, precision in todo:
-        if (arm, seed, precision or "bf16-mixed") in done:
-            continue
-        result = train_and_test(arm, seed, precision)
-        report["runs"].append(result)
-        print(f"silver recipe: {arm} seed {seed} {precision or ''}: dev {result['dev_spearman']} "
-              f"test {result['test_spearman']} ({result['fit_s']} s)", flush=True)
-        write(report)
-    if "teacher_test_spearman" not in report:  # last: the students' runs matter more when time is short
-        def teacher_test() -> None:
-            done = cli(["test", "--config", "configs/teacher/strong.yaml", "--ckpt_path", teacher, *QUIET])
-            report["teacher_test_spearman"] = round(float(done.trainer.callback_metrics["test/spearman"]), 4)
-        stage("teacher_test", teacher_test)
+        if (arm, seed, precision or "bf16-mixed") not in done:
+            result = train_and_test(arm, seed, precision)
+            report["runs"].append(result)
+            print(f"silver recipe: {arm} seed {seed} {precision or ''}: dev {result['dev_spearman']} "
+                  f"test {result['test_spearman']} ({result['fit_s']} s)", flush=True)
+            recipe.save()
+
+    def teacher_test() -> None:  # last: the students' runs matter more when time is short
+        done = run_verb(["test", *STRONG_TEACHER, "--ckpt_path", teacher, *QUIET])
+        report["teacher_test_spearman"] = round(float(done.trainer.callback_metrics["test/spearman"]), 4)
+    recipe.stage("teacher_test", teacher_test, done="teacher_test_spearman" in report)
     print((OUT / "report.md").read_text())
 
 
