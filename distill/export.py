@@ -21,9 +21,20 @@ from scipy.stats import spearmanr
 
 from distill import catalog, onnx_backend, outdir, tracking
 from distill.checkpoints import load_model, read_checkpoint
-from students.bi_encoder import CONFIG_NAME as STUDENT_CONFIG
+from distill.names import (
+    COSINE,
+    DSE_HEAD,
+    DSE_HEAD_CONFIG,
+    DSE_HEAD_LOADER,
+    EXPORT_REPORT,
+    INT8_FILE,
+    MODEL_CARD,
+    ONNX_FILE,
+    STUDENT_CONFIG,
+)
+from distill.st_modules import write_sentence_transformers_config
 
-REPORT = "export_report.json"
+REPORT = EXPORT_REPORT  # the old name: distill.bench reads it from here
 ST_HINT = "pip install 'distill[export]'"
 # texts of several lengths and scripts: parity must hold beyond the one short sentence a trace saw
 PROBES = [
@@ -45,7 +56,7 @@ INT8_MEAN_SCORE_DIFF = 0.1
 # a Spearman delta of scores that vary less than int8's own noise (an untrained or tiny teacher) is a coin toss
 INT8_MIN_SCORE_SPREAD = 1e-3  # std of the fp32 scores on dev pairs
 
-DSE_LOADER = '''"""Load the DSE pair head saved beside this encoder; needs only torch and safetensors.
+DSE_LOADER = f'''"""Load the DSE pair head saved beside this encoder; needs only torch and safetensors.
 
     from dse_head import load_dse_head
     head = load_dse_head("path/to/this/folder")
@@ -72,9 +83,9 @@ class DSEHead(torch.nn.Module):
 
 
 def load_dse_head(folder: str) -> DSEHead:
-    config = json.loads((Path(folder) / "dse_head.json").read_text())
+    config = json.loads((Path(folder) / "{DSE_HEAD_CONFIG}").read_text())
     head = DSEHead(config["dim"], config["hidden"])
-    head.load_state_dict(load_file(str(Path(folder) / "dse_head.safetensors")))
+    head.load_state_dict(load_file(str(Path(folder) / "{DSE_HEAD}")))
     return head.eval()
 '''
 
@@ -151,14 +162,14 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     pooled = any(k.startswith("pooler.") for k in student.encoder.state_dict())
     write_sentence_transformers_config(folder, cfg, student.encoder.config.hidden_size,
                                        no_pooler=takes_flag and not pooled)
-    config = {**cfg, "selected_mode": meta.get("selected_mode", "cosine")}
+    config = {**cfg, "selected_mode": meta.get("selected_mode", COSINE)}
     (folder / STUDENT_CONFIG).write_text(json.dumps(config, indent=2))
     if student.head is not None:
         first = student.head.mlp[0]
-        (folder / "dse_head.json").write_text(json.dumps(
+        (folder / DSE_HEAD_CONFIG).write_text(json.dumps(
             {"dim": first.in_features // 4, "hidden": first.out_features, "inputs": "[u; v; u*v; |u-v|]",
              "output": "sigmoid", "reference": "Barkan et al., AAAI 2020, arXiv:1908.05161"}, indent=2))
-        (folder / "dse_head.py").write_text(DSE_LOADER)
+        (folder / DSE_HEAD_LOADER).write_text(DSE_LOADER)
 
     reference = student.encode(PROBES)
     loaded = st.SentenceTransformer(str(folder), device="cpu").encode(PROBES, convert_to_tensor=True).float()
@@ -177,54 +188,17 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     return report
 
 
-def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: int, no_pooler: bool = False) -> None:
-    """sentence-transformers' module files in the classic layout (`sentence_transformers.models.*`), which both
-    sentence-transformers 5 and 6 load; version 6's own save writes class paths that version 5 cannot import.
-
-    `no_pooler`: the student's encoder has no pooler (mean/cls pooling never uses it), so sentence-transformers must
-    build it without one (`add_pooling_layer=False`), or it reports `pooler.dense.*` as missing and "newly
-    initialized" to every user of the export."""
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if cfg["normalize"]:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir(exist_ok=True)
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "sentence_bert_config.json").write_text(json.dumps(
-        {"max_seq_length": cfg["max_seq_length"], "do_lower_case": False,
-         # the key both sentence-transformers 5 and 6 read (6 maps it to model_kwargs)
-         **({"model_args": {"add_pooling_layer": False}} if no_pooler else {})}, indent=2))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": dim, "pooling_mode_cls_token": cfg["pooling"] == "cls",
-         "pooling_mode_mean_tokens": cfg["pooling"] == "mean", "pooling_mode_max_tokens": False,
-         "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True}, indent=2))
-    prefix = cfg.get("prefix") or ""
-    (folder / "config_sentence_transformers.json").write_text(json.dumps(
-        {"__version__": {"distill": _version()}, "prompts": {"default": prefix} if prefix else {},
-         "default_prompt_name": "default" if prefix else None, "similarity_fn_name": "cosine"}, indent=2))
-
-
-def _version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("distill")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _student_onnx(student: Any, folder: Path, reference: torch.Tensor, int8: bool) -> dict[str, Any]:
-    onnx_backend.export_onnx(student.encoder, student.tokenizer, folder / onnx_backend.ONNX_FILE, "last_hidden_state")
-    fp32 = onnx_backend.OnnxStudent(folder, onnx_backend.ONNX_FILE, student.config)
+    onnx_backend.export_onnx(student.encoder, student.tokenizer, folder / ONNX_FILE, "last_hidden_state")
+    fp32 = onnx_backend.OnnxStudent(folder, ONNX_FILE, student.config)
     diff = (fp32.encode(PROBES) - reference).abs().max().item()
     if diff > ONNX_TOLERANCE:
-        raise ExportError(f"{folder / onnx_backend.ONNX_FILE}: ONNX embeddings differ from torch's by {diff:.2e} "
+        raise ExportError(f"{folder / ONNX_FILE}: ONNX embeddings differ from torch's by {diff:.2e} "
                           f"(> {ONNX_TOLERANCE}); the folder was not written")
     checks: dict[str, Any] = {"onnx_max_abs_diff": float(f"{diff:.3g}")}
     if int8:
-        onnx_backend.quantize_int8(folder / onnx_backend.ONNX_FILE, folder / onnx_backend.INT8_FILE)
-        q8 = onnx_backend.OnnxStudent(folder, onnx_backend.INT8_FILE, student.config)
+        onnx_backend.quantize_int8(folder / ONNX_FILE, folder / INT8_FILE)
+        q8 = onnx_backend.OnnxStudent(folder, INT8_FILE, student.config)
         pairs = _dev_pairs()
         rho = {}
         for name, enc in (("fp32", fp32), ("int8", q8)):
@@ -268,29 +242,7 @@ def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool 
                           f"the folder was not written")
     checks: dict[str, Any] = {"st_max_abs_diff": float(f"{diff:.3g}")}
     if onnx:
-        onnx_backend.export_onnx(teacher.model, tokenizer, folder / onnx_backend.ONNX_FILE, "logits")
-        served = onnx_backend.OnnxCrossEncoder(folder, onnx_backend.ONNX_FILE, max_length)
-        diff = float(abs(served.predict(pairs) - reference.numpy()).max())
-        if diff > ONNX_TOLERANCE:
-            raise ExportError(f"{folder / onnx_backend.ONNX_FILE}: ONNX scores differ from torch's by {diff:.2e}; "
-                              f"the folder was not written")
-        checks["onnx_max_abs_diff"] = float(f"{diff:.3g}")
-        if int8:
-            onnx_backend.quantize_int8(folder / onnx_backend.ONNX_FILE, folder / onnx_backend.INT8_FILE)
-            q8 = onnx_backend.OnnxCrossEncoder(folder, onnx_backend.INT8_FILE, max_length)
-            dev = _dev_pairs()
-            dev_pairs = list(zip(dev["a"], dev["b"]))
-            scores = {"fp32": served.predict(dev_pairs), "int8": q8.predict(dev_pairs)}
-            rho = {k: spearmanr(v, dev["gold"]).statistic for k, v in scores.items()}
-            diff = abs(scores["int8"] - scores["fp32"])
-            measured = {"int8_mean_abs_diff": (float(diff.mean()), INT8_MEAN_SCORE_DIFF)}
-            spread = float(scores["fp32"].std())
-            if spread >= INT8_MIN_SCORE_SPREAD:
-                measured["int8_spearman_delta"] = (rho["int8"] - rho["fp32"], INT8_SPEARMAN_DELTA)
-            checks.update(_int8_checks(folder, measured), int8_max_abs_diff=round(float(diff.max()), 4))
-            checks["int8_checked_on"] = (f"STS-B dev, first {len(dev_pairs)} pairs, against the fp32 ONNX scores"
-                                         + ("" if "int8_spearman_delta" in measured else
-                                            f"; Spearman not checked: the scores' std is {spread:.1e}"))
+        checks.update(_teacher_onnx(teacher.model, tokenizer, folder, pairs, reference, max_length, int8))
     report = {"kind": "teacher", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
               "config": {"max_length": max_length}, "checks": checks,
               "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
@@ -299,12 +251,40 @@ def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     return report
 
 
+def _teacher_onnx(model: Any, tokenizer: Any, folder: Path, pairs: list[tuple[str, str]], reference: torch.Tensor,
+                  max_length: int, int8: bool) -> dict[str, Any]:
+    onnx_backend.export_onnx(model, tokenizer, folder / ONNX_FILE, "logits")
+    served = onnx_backend.OnnxCrossEncoder(folder, ONNX_FILE, max_length)
+    diff = float(abs(served.predict(pairs) - reference.numpy()).max())
+    if diff > ONNX_TOLERANCE:
+        raise ExportError(f"{folder / ONNX_FILE}: ONNX scores differ from torch's by {diff:.2e}; "
+                          f"the folder was not written")
+    checks: dict[str, Any] = {"onnx_max_abs_diff": float(f"{diff:.3g}")}
+    if int8:
+        onnx_backend.quantize_int8(folder / ONNX_FILE, folder / INT8_FILE)
+        q8 = onnx_backend.OnnxCrossEncoder(folder, INT8_FILE, max_length)
+        dev = _dev_pairs()
+        dev_pairs = list(zip(dev["a"], dev["b"]))
+        scores = {"fp32": served.predict(dev_pairs), "int8": q8.predict(dev_pairs)}
+        rho = {k: spearmanr(v, dev["gold"]).statistic for k, v in scores.items()}
+        diff = abs(scores["int8"] - scores["fp32"])
+        measured = {"int8_mean_abs_diff": (float(diff.mean()), INT8_MEAN_SCORE_DIFF)}
+        spread = float(scores["fp32"].std())
+        if spread >= INT8_MIN_SCORE_SPREAD:
+            measured["int8_spearman_delta"] = (rho["int8"] - rho["fp32"], INT8_SPEARMAN_DELTA)
+        checks.update(_int8_checks(folder, measured), int8_max_abs_diff=round(float(diff.max()), 4))
+        checks["int8_checked_on"] = (f"STS-B dev, first {len(dev_pairs)} pairs, against the fp32 ONNX scores"
+                                     + ("" if "int8_spearman_delta" in measured else
+                                        f"; Spearman not checked: the scores' std is {spread:.1e}"))
+    return checks
+
+
 def _int8_checks(folder: Path, measured: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Each (value, limit) within its limit (a minimum for `min_` checks, else a bound on the absolute value), or a
     one-line refusal naming the check; a NaN fails both."""
     for name, (value, limit) in measured.items():
         if not (value >= limit if "_min_" in name else abs(value) <= limit):
-            raise ExportError(f"{folder / onnx_backend.INT8_FILE}: int8 check {name} is {value:.4g}, beyond its limit "
+            raise ExportError(f"{folder / INT8_FILE}: int8 check {name} is {value:.4g}, beyond its limit "
                               f"{limit}; the folder was not written: export without --int8 (fp32 ONNX passed)")
     return {name: round(float(value), 4) for name, (value, _) in measured.items()}
 
@@ -383,4 +363,4 @@ def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, 
             lines.append(f"| {r['regime']} | {r.get('n_candidates') or '—'} | {r['backend']} | {r['mode']} | "
                          f"{r['throughput']:.1f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['metric']} | {value} |")
         lines.append("")
-    (folder / "README.md").write_text("\n".join(lines))
+    (folder / MODEL_CARD).write_text("\n".join(lines))

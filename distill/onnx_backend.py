@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-ONNX_FILE = "onnx/model.onnx"
-INT8_FILE = "onnx/model_qint8.onnx"
+from distill.names import INT8_FILE, ONNX_FILE  # noqa: F401 - distill.bench and tests read them from here
+
 EXTRA_HINT = "pip install 'distill[export]' (onnx, onnxruntime, onnxscript)"
 
 

@@ -16,6 +16,7 @@ from distill import export as export_module
 from distill.cli import main
 from distill.export import PROBES, ExportError
 from distill.export import main as export
+from distill.names import EXPORT_REPORT, INT8_FILE, MODEL_CARD, ONNX_FILE, STUDENT_CONFIG
 from students import BiEncoder
 
 
@@ -57,20 +58,20 @@ def test_dse_head_loads_with_torch_only(exported: Path, student_ckpt: str):
 
 def test_onnx_fp32_matches_torch_and_int8_is_checked(exported: Path, student_ckpt: str):
     from distill.checkpoints import load_model
-    from distill.onnx_backend import INT8_FILE, ONNX_FILE, OnnxStudent
+    from distill.onnx_backend import OnnxStudent
 
     _, student, _ = load_model(student_ckpt)
-    config = json.loads((exported / "distill_student.json").read_text())
+    config = json.loads((exported / STUDENT_CONFIG).read_text())
     got = OnnxStudent(exported, ONNX_FILE, config).encode(PROBES)
     assert (got - student.encode(PROBES)).abs().max() <= 1e-4
     assert (exported / INT8_FILE).stat().st_size < (exported / ONNX_FILE).stat().st_size
-    checks = json.loads((exported / "export_report.json").read_text())["checks"]
+    checks = json.loads((exported / EXPORT_REPORT).read_text())["checks"]
     delta = checks["int8_spearman_delta"]
     # measured -0.0015 on the tiny student; the export itself refuses beyond the project's bar (issue 15 item 5)
     assert math.isfinite(delta) and abs(delta) <= export_module.INT8_SPEARMAN_DELTA, delta
     assert export_module.INT8_MIN_COSINE <= checks["int8_min_cosine"] <= 1.0, checks
     assert checks["onnx_max_abs_diff"] <= 1e-4
-    card = (exported / "README.md").read_text()
+    card = (exported / MODEL_CARD).read_text()
     assert "library_name: sentence-transformers" in card and "int8_spearman_delta" in card
 
 
@@ -130,7 +131,7 @@ def test_prefix_and_cls_pooling_reach_sentence_transformers(tiny_backbone: str, 
 def test_int8_quantisation_leaves_the_users_logging_alone(exported: Path, tmp_path: Path):
     import logging
 
-    from distill.onnx_backend import ONNX_FILE, quantize_int8
+    from distill.onnx_backend import quantize_int8
 
     root = logging.getLogger()
     before = root.level
