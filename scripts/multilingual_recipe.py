@@ -33,7 +33,6 @@ OUT = ROOT / "runs" / "multilingual"
 BASE = "configs/multilingual/student.yaml"
 TRIM_LANGUAGES = ["en", "de", "es", "fr", "it", "nl", "pl", "pt"]
 TATOEBA = ["de", "es", "fr", "ja", "zh", "sv", "tr", "ar"]
-E5_ZERO_SHOT_EN = 0.8397  # ANCHORS.md: multilingual-e5-small zero-shot on STS-B test
 
 
 def test_metrics(config: list[str], out: Path, extra: list[str], ckpt: str | None = None) -> dict[str, float]:
@@ -111,7 +110,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         targets = {
             "avg_non_en >= zero_shot + 0.03": [out["student_avg_non_en"], out.get("zero_shot_avg_non_en", 0) + 0.03],
             "avg_non_en >= gold_only": [out["student_avg_non_en"], out.get("gold_only_avg_non_en")],
-            "en >= 0.8397 - 0.005": [student_en, round(E5_ZERO_SHOT_EN - 0.005, 4)],
+            # the zero-shot arm measured in this run (ANCHORS.md has 0.8397), not a number copied here
+            "en >= zero_shot en - 0.005": [student_en, _minus(value("zero_shot", "test/spearman_cosine/en"), 0.005)],
         }
         for pair in ("de-en", "zh-en"):
             cross = value("student", f"test/spearman_cosine/{pair}")
@@ -132,6 +132,10 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
                     targets[f"tatoeba {key} (untrained) drop <= 0.02"] = [round(before - after, 4), 0.02]
         out["targets"] = {k: {"value": v, "bound": b, "met": _met(k, v, b)} for k, (v, b) in targets.items()}
     return out
+
+
+def _minus(x: float | None, margin: float) -> float | None:
+    return None if x is None else round(x - margin, 4)
 
 
 def _met(name: str, value: float | None, bound: float | None) -> bool | None:

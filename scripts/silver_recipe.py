@@ -108,8 +108,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {arm} | {row['seeds']} | {row['test_spearman']} | **{row['test_spearman_mean']}** | "
                          f"{row['dev_spearman']} |")
     deltas = {k: v for k, v in report["summary"].items() if k.startswith("silver_minus")}
-    lines += ["", f"Differences of means (same seeds): {deltas}", "",
-              "Published for comparison (README, seed 0): spine student 0.8562, gold-only control 0.8559.", ""]
+    lines += ["", f"Differences of means (same seeds): {deltas}", ""]
     extra = [r for r in report["runs"] if r["precision"] != "bf16-mixed"]
     if extra:
         lines += ["Precision check (same arm and seed):", ""]
