@@ -15,7 +15,8 @@ from unittest import mock
 import pytest
 import torch
 
-from distill import trim
+from distill import trim, trim_corpus, trim_folder, trim_vocab
+from distill.names import DSE_HEAD, EXPORT_REPORT, MODEL_CARD, STUDENT_CONFIG, TRIM_REPORT
 from distill.trim import TrimError
 from students import BiEncoder
 
@@ -103,23 +104,23 @@ def test_covered_text_keeps_its_pieces_and_embeddings(unigram_student: Path, tri
     after = BiEncoder.from_pretrained(trimmed)
     assert after.head is not None and after.config["prefix"] == "query: "
     assert torch.nn.functional.cosine_similarity(before, after.encode(COVERED + CORPUS)).min() >= 0.9999
-    report = json.loads((trimmed / trim.REPORT).read_text())
+    report = json.loads((trimmed / TRIM_REPORT).read_text())
     assert report["checks"]["min_cosine"] >= 0.9999 and report["prefixes"] == ["query: "]
 
 
 def test_unigram_keeps_its_rarest_piece(unigram_student: Path, tmp_path: Path):
     """Dropping the rarest piece raises the unknown-token score (min score - 10), and `quiz` would turn into
     ▁qui + <unk> although all its original pieces are kept."""
-    tok = trim.load_tokenizer(unigram_student)
+    tok = trim_vocab.load_tokenizer(unigram_student)
     spec = json.loads(tok.backend_tokenizer.to_str())
-    ids = [e.ids for e in trim._encoder(spec).encode_batch(CORPUS)]
-    required = trim.required_ids(tok, spec, {}, unigram_student)
-    kept, counts = trim.select_vocabulary(spec, ids, required)
+    ids = [e.ids for e in trim_vocab.raw_backend(spec).encode_batch(CORPUS)]
+    required = trim_vocab.required_ids(tok, spec, {}, unigram_student)
+    kept, counts = trim_vocab.select_vocabulary(spec, ids, required)
     rarest = [p for p, _ in spec["model"]["vocab"]].index("▁xylophone")
     assert rarest in kept and counts["rarest_piece"] == 1
 
     def pieces_of(kept_ids: list[int]) -> list[str]:
-        backend = trim._encoder(trim.trim_tokenizer(spec, kept_ids))
+        backend = trim_vocab.raw_backend(trim_vocab.trim_tokenizer(spec, kept_ids))
         return [backend.id_to_token(i) for i in backend.encode("quiz", add_special_tokens=False).ids]
 
     assert pieces_of(kept) == ["▁q", "u", "iz"]
@@ -140,7 +141,7 @@ def test_trimmed_folder_loads_with_transformers(unigram_student: Path, trimmed: 
         assert tok.convert_ids_to_tokens(getattr(tok, f"{name}_token_id")) == token
     assert model.config.pad_token_id == tok.pad_token_id == 1  # XLM-R counts positions from pad: it must not move
 
-    report = json.loads((trimmed / trim.REPORT).read_text())
+    report = json.loads((trimmed / TRIM_REPORT).read_text())
     assert report["vocab_size"]["after"] == len(tok) == model.get_input_embeddings().num_embeddings
     assert report["vocab_size"]["after"] < report["vocab_size"]["before"] == len(original)
     assert report["parameters"]["after"] == sum(p.numel() for p in model.parameters())
@@ -155,21 +156,21 @@ def test_sentence_transformers_loads_an_exported_folder(unigram_student: Path, c
     old vocabulary) and parity report; sentence-transformers must embed the trimmed folder like the original."""
     from sentence_transformers import SentenceTransformer
 
-    from distill.export import write_sentence_transformers_config
+    from distill.st_modules import write_sentence_transformers_config
 
     exported = tmp_path / "exported"
     shutil.copytree(unigram_student, exported)
-    options = json.loads((exported / "distill_student.json").read_text())
+    options = json.loads((exported / STUDENT_CONFIG).read_text())
     write_sentence_transformers_config(exported, options, 32)
     (exported / "onnx").mkdir()
     (exported / "onnx" / "model.onnx").write_bytes(b"old vocabulary")
-    (exported / "export_report.json").write_text("{}")
-    (exported / "README.md").write_text("# model card\n")
+    (exported / EXPORT_REPORT).write_text("{}")
+    (exported / MODEL_CARD).write_text("# model card\n")
     out = tmp_path / "trimmed"
     report = trim.main(str(exported), str(out), corpus=[str(corpus_file)])
-    assert report["dropped_files"] == ["export_report.json", "onnx"] and not (out / "onnx").exists()
-    assert "## Vocabulary trimming" in (out / "README.md").read_text()  # the card says its figures predate trimming
-    assert (out / "dse_head.safetensors").is_file() and (out / "1_Pooling" / "config.json").is_file()
+    assert report["dropped_files"] == [EXPORT_REPORT, "onnx"] and not (out / "onnx").exists()
+    assert "## Vocabulary trimming" in (out / MODEL_CARD).read_text()  # the card says its figures predate trimming
+    assert (out / DSE_HEAD).is_file() and (out / "1_Pooling" / "config.json").is_file()
     reference = BiEncoder.from_pretrained(unigram_student).encode(COVERED)
     got = SentenceTransformer(str(out), device="cpu").encode(COVERED, convert_to_tensor=True).float()
     assert torch.nn.functional.cosine_similarity(reference, got).min() >= 0.9999
@@ -196,37 +197,37 @@ def test_wordpiece_backbone(tiny_backbone: str, tmp_path: Path):
 
 def test_dropping_a_special_token_is_an_error_naming_it(unigram_student: Path, tmp_path: Path):
     """A kept set without <mask> would write a tokenizer whose mask id points at another piece."""
-    tok = trim.load_tokenizer(unigram_student)
+    tok = trim_vocab.load_tokenizer(unigram_student)
     spec = json.loads(tok.backend_tokenizer.to_str())
-    required = trim.required_ids(tok, spec, {}, unigram_student)
+    required = trim_vocab.required_ids(tok, spec, {}, unigram_student)
     mask = tok.mask_token_id
     kept = [i for i in range(len(tok)) if i != mask]
     with pytest.raises(TrimError, match=rf"drops special token\(s\) '<mask>' \(id {mask}\)"):
-        trim.write_trimmed(unigram_student, tmp_path / "out", spec, kept, required)
+        trim_folder.write_trimmed(unigram_student, tmp_path / "out", spec, kept, required)
 
 
 def test_a_tokenizer_without_unknown_token_is_refused(unigram_student: Path):
     """Without an unknown token, text outside the kept pieces could not be encoded at all."""
-    spec = json.loads(trim.load_tokenizer(unigram_student).backend_tokenizer.to_str())
+    spec = json.loads(trim_vocab.load_tokenizer(unigram_student).backend_tokenizer.to_str())
     spec["model"]["unk_id"] = None
     with pytest.raises(TrimError, match="has no unknown token"):
-        trim.unknown_id(spec, unigram_student)
+        trim_vocab.unknown_id(spec, unigram_student)
 
 
 def test_uncovered_text_warns_with_its_unknown_share(unigram_student: Path, trimmed: Path):
     """Russian text after trimming to English/French is nothing but <unk>: a silent trim would ship a model that
     embeds every Russian sentence alike."""
-    spec = json.loads(trim.load_tokenizer(unigram_student).backend_tokenizer.to_str())
+    spec = json.loads(trim_vocab.load_tokenizer(unigram_student).backend_tokenizer.to_str())
     trimmed_spec = json.loads((trimmed / "tokenizer.json").read_text())
-    old = {t: i for i, t in trim.pieces(spec).items()}
-    new_id = {old[t]: i for i, t in trim.pieces(trimmed_spec).items()}
-    coverage = trim.measure_coverage(spec, trimmed, new_id, {"ru": RUSSIAN, "en": COVERED})
+    old = {t: i for i, t in trim_vocab.pieces(spec).items()}
+    new_id = {old[t]: i for i, t in trim_vocab.pieces(trimmed_spec).items()}
+    coverage = trim_corpus.measure_coverage(spec, trimmed, new_id, {"ru": RUSSIAN, "en": COVERED})
     assert coverage["en"]["coverage_after"] == coverage["en"]["covered_texts"] == 1.0
     assert coverage["en"]["unknown_after"] == 0.0
     assert coverage["ru"]["coverage_before"] == 1.0 and coverage["ru"]["unknown_texts"] == 1.0
     with pytest.warns(UserWarning, match=r"ru: 100\.0% of its texts are entirely outside the trimmed vocabulary \("
                                          r"\d+\.\d% of its tokens unknown\)") as record:
-        trim.warn_uncovered(coverage)
+        trim_corpus.warn_uncovered(coverage)
     assert len(record) == 1
 
 
@@ -269,7 +270,7 @@ def test_cli_trims_to_training_sentences_of_the_given_languages(tiny_backbone: s
         main(["trim", "--model", str(student), "--out", str(out), "--languages", "[en]",
               "--eval_languages", "[en, de]"])
     texts.assert_called_once_with(["en"], "train")
-    report = json.loads((out / trim.REPORT).read_text())
+    report = json.loads((out / TRIM_REPORT).read_text())
     assert list(report["coverage"]) == ["stsb_multi_mt/test/en", "stsb_multi_mt/test/de", "tatoeba/de-en"]
     assert report["corpus"] == {"sources": ["stsb_multi_mt/train (en)"], "texts": 3}
     assert report["vocab_size"]["after"] == 5 + 5  # the specials and "a man plays guitar ."
