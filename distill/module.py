@@ -267,7 +267,17 @@ class DistillModule(pl.LightningModule):
 
 def _under_cli(module: pl.LightningModule) -> bool:
     # LightningCLI hands save_hyperparameters the class_path config, so load_from_checkpoint can rebuild
-    # the student; a module built in Python keeps only the plain arguments (the weights are in the state dict)
+    # the student; a module built in Python keeps only the plain arguments (the weights are in the state dict):
+    # there `student` and `objectives` are nn.Module instances, which save_hyperparameters would pickle into every
+    # checkpoint (Lightning warns about exactly that: PR #12068), so they are ignored.
+    # Lightning offers no public way to ask "am I being built by LightningCLI?": the CLI passes its config to
+    # save_hyperparameters through this private ContextVar (added by Lightning-AI/pytorch-lightning PR #18105,
+    # "load_from_checkpoint support for LightningCLI when using dependency injection"; the hparams it yields differ
+    # from a Python-built module's, issue #20726). In 2.6.x the CLI sets it around the constructor
+    # (pytorch_lightning/cli.py, `_InstantiatorFn.__call__`: `with _given_hyperparameters_context(...)`) and
+    # save_hyperparameters reads it (core/mixins/hparams_mixin.py: `given_hparams = _given_hyperparameters.get()`).
+    # If it moves, the import fails loudly; if it stops being set, `load_model` of a `distill fit` checkpoint (the
+    # `student_ckpt` fixture of tests/conftest.py) finds no student config and refuses it.
     from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 
     return _given_hyperparameters.get() is not None
