@@ -14,8 +14,8 @@ Why covered text cannot change:
   would raise that minimum and could let an unknown-token path win, so the lowest-scoring piece is always kept.
 - WordPiece (BERT): greedy longest-match-first; each original piece was the longest match in the full vocabulary,
   so it is still the longest among the kept pieces.
-`distill trim` checks the trimmed folder before it gets its name: the whole corpus must tokenise to the same pieces, and a
-sample must embed at cosine >= 0.9999 against the original model.
+`distill trim` checks the trimmed folder before it gets its name: the whole corpus must tokenise to the same pieces,
+and a sample must embed at cosine >= 0.9999 against the original model.
 
 A leaf module (stdlib, `tokenizers` and transformers' tokenizer loading): `distill.trim_folder` writes the trimmed
 model with it, the `distill trim` verb chooses the pieces with it.
