@@ -38,8 +38,8 @@ def test_report_has_every_row_with_the_schema(report):
     for r in rows:
         assert r["throughput"] > 0 and r["p50_ms"] <= r["p95_ms"] and r["size_mb"] > 0
         assert r["spread"][0] <= r["throughput"] <= r["spread"][1]
-        assert r["mode"] in ("cosine", "dse_head", "cross-encoder")
-    assert {r["mode"] for r in rows if r["role"] == "student"} == {"cosine", "dse_head"}  # the student has a head
+        assert r["mode"] in ("cosine", "dse", "cross-encoder")  # DESIGN.md's vocabulary, as students log it
+    assert {r["mode"] for r in rows if r["role"] == "student"} == {"cosine", "dse"}  # the student has a head
     assert (report["dir"] / "report.md").read_text().startswith("# distill bench")
     assert (report["dir"] / "pareto.png").stat().st_size > 10_000
 
@@ -81,17 +81,17 @@ def test_recall_at_10_against_the_teacher_by_hand():
     import numpy as np
     import torch
 
-    from distill.bench import _one_vs_n_task
+    from distill.bench.workloads import OneVsNTask
 
     data = {"pool": [f"c{j}" for j in range(20)], "queries": ["q0", "q1"]}
     teacher = _runner("teacher", predict=lambda pairs: np.array([-float(c[1:]) for _, c in pairs]))
     student = _runner("student", encode=lambda texts: torch.tensor(
         [[1.0] if t.startswith("q") else [-abs(float(t[1:]) - 9.5)] for t in texts]))
     teacher_top: dict = {}
-    reference = _one_vs_n_task(teacher, "cross-encoder", data, 20, 1, teacher_top, is_reference=True)
+    reference = OneVsNTask(teacher, "cross-encoder", data, 20, 1, teacher_top, is_reference=True)
     reference.work(0)
     assert teacher_top == {(20, 0): set(range(10)), (20, 1): set(range(10))}
-    task = _one_vs_n_task(student, "cosine", data, 20, 1, teacher_top, is_reference=False)
+    task = OneVsNTask(student, "cosine", data, 20, 1, teacher_top, is_reference=False)
     task.work(0)
     assert task.accuracy() == [("cosine", "recall@10_vs_teacher", 0.5)]
 
@@ -118,6 +118,37 @@ def test_ratios_and_verdicts_of_a_hand_made_table():
                    "student vs teacher, unique pairs": (tie, 0.917, [0.5, 1.2])}
     int8 = next(q for q in ratios(rows) if q["name"].startswith("student ONNX int8"))
     assert int8["spearman_delta"] == pytest.approx(-0.05)
+
+
+def test_extrapolated_rows_are_a_pure_function_of_the_measured_rows():
+    """Hand-made measured rows in, the teacher's rows above teacher_max_n out: throughput divided and latency
+    multiplied by N / 100, no accuracy claimed; students and unique pairs untouched, the input left as it was (an
+    extrapolation patched onto a task, or scaled the wrong way, would not give these numbers)."""
+    import copy
+
+    from distill.bench.report import extrapolated_rows, in_report_order
+
+    def row(role: str, regime: str, n: int | None, throughput: float, p50: float, samples: list[float]) -> dict:
+        return {"role": role, "model": role, "backend": "torch-fp32", "mode": "cross-encoder", "regime": regime,
+                "n_candidates": n, "throughput": throughput, "p50_ms": p50, "p95_ms": 2 * p50,
+                "spread": [min(samples), max(samples)], "samples": samples, "metric": "m", "value": 0.9}
+
+    measured = [row("teacher", "unique-pairs", None, 50.0, 10.0, [40.0, 60.0]),
+                row("teacher", "one-vs-n", 10, 80.0, 12.5, [70.0, 90.0]),
+                row("teacher", "one-vs-n", 100, 8.0, 125.0, [6.0, 10.0]),
+                row("student", "one-vs-n", 100, 900.0, 1.0, [800.0, 1000.0]),
+                row("student", "one-vs-n", 1000, 400.0, 2.5, [300.0, 500.0])]
+    before = copy.deepcopy(measured)
+    got = extrapolated_rows(measured, [10, 100, 1000, 10000], teacher_max_n=100)
+    assert measured == before
+    assert [(r["role"], r["n_candidates"], r["extrapolated_from"], r["value"]) for r in got] == [
+        ("teacher", 1000, 100, None), ("teacher", 10000, 100, None)]
+    assert [(r["throughput"], r["p50_ms"], r["p95_ms"], r["spread"], r["samples"]) for r in got] == [
+        (0.8, 1250.0, 2500.0, [0.6, 1.0], [0.6, 1.0]), (0.08, 12500.0, 25000.0, [0.06, 0.1], [0.06, 0.1])]
+    assert extrapolated_rows(measured, [10, 100], teacher_max_n=100) == []
+    ordered = in_report_order([*measured, *got])  # each extrapolated row after the measured rows of its N
+    assert [(r["role"], r["n_candidates"], "extrapolated_from" in r) for r in ordered[4:]] == [
+        ("student", 1000, False), ("teacher", 1000, True), ("teacher", 10000, True)]
 
 
 def test_large_n_teacher_rows_are_extrapolated_and_labelled(report):
@@ -151,6 +182,13 @@ def test_the_teacher_given_as_a_student_is_refused(teacher_ckpt, tmp_path, capsy
 def test_an_unknown_backend_is_refused(student_ckpt, tmp_path):
     with pytest.raises(BenchError, match=r"backends: unknown \['tensorrt'\]"):
         bench(students=[student_ckpt], out=str(tmp_path), backends=["tensorrt"])
+
+
+def test_a_teacher_max_n_below_every_n_is_refused(teacher_ckpt, tmp_path):
+    """With no measured N to extrapolate the teacher's one-vs-n rows from, the run used to die in `max()` of an
+    empty list after the models were exported; it is refused up front, naming the key."""
+    with pytest.raises(BenchError, match=r"teacher_max_n=5 is below every n_candidates \[10, 100\]"):
+        bench(teacher=teacher_ckpt, out=str(tmp_path), n_candidates=[100, 10], teacher_max_n=5)
 
 
 def test_a_missing_backend_names_the_extra(student_ckpt, tmp_path, monkeypatch):

@@ -1,0 +1,243 @@
+"""What `distill bench` reports, from the measured rows alone: extrapolated rows, ratios, `report.md`, the plot.
+
+Every function here takes rows (dicts in the schema of DESIGN.md) and returns rows or text: nothing is timed,
+loaded or patched, so the report is a pure function of what was measured.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import statistics
+from pathlib import Path
+from typing import Any
+
+from distill import names
+
+VERSIONS_OF = ("torch", "transformers", "onnxruntime", "sentence-transformers", "distill")
+NOTES = ["throughput: pairs/s (unique-pairs), queries/s (one-vs-n); medians over interleaved repeats, "
+         "spread = [min, max] over repeats",
+         "one-vs-n latency: one query, including tokenising and encoding it; the candidates' encoding "
+         "is a one-off cost (candidate_encode_s)",
+         "the teacher serves each query once across the repeats (query i in repeat i mod repeats)",
+         "peak_rss_mb: memory the row adds to the process (model load + peak while serving)",
+         "recall@10_vs_teacher: share of the teacher's top 10 (same candidates) in the model's top 10"]
+
+
+# ---------------------------------------------------------------- rows
+
+
+def extrapolated_rows(rows: list[dict[str, Any]], ns: list[int], teacher_max_n: int) -> list[dict[str, Any]]:
+    """The teacher's one-vs-n rows above `teacher_max_n`, from its rows at the largest measured N.
+
+    A cross-encoder's cost is linear in N (one pass per candidate), so throughput is divided and latencies are
+    multiplied by N / measured N; no accuracy is claimed (`value` None), and `extrapolated_from` names the N.
+    """
+    measured_ns = [m for m in ns if m <= teacher_max_n]
+    if not measured_ns:
+        return []
+    base_n = max(measured_ns)
+    bases = [r for r in rows if r["role"] == "teacher" and r["regime"] == "one-vs-n" and r["n_candidates"] == base_n
+             and not r.get("extrapolated_from")]
+    return [_scaled(row, n, base_n) for n in sorted(ns) if n > teacher_max_n for row in bases]
+
+
+def _scaled(row: dict[str, Any], n: int, base_n: int) -> dict[str, Any]:
+    scale = n / base_n
+    return {**row, "n_candidates": n, "value": None, "extrapolated_from": base_n,
+            "throughput": None if row["throughput"] is None else round(row["throughput"] / scale, 4),
+            "p50_ms": None if row["p50_ms"] is None else round(row["p50_ms"] * scale, 3),
+            "p95_ms": None if row["p95_ms"] is None else round(row["p95_ms"] * scale, 3),
+            "spread": None if row["spread"] is None else [round(x / scale, 4) for x in row["spread"]],
+            "samples": [round(x / scale, 4) for x in row["samples"]]}
+
+
+def in_report_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Unique pairs first, then one-vs-n by N, measured rows before extrapolated ones (otherwise as given)."""
+    return sorted(rows, key=lambda r: (r["regime"] == "one-vs-n", r["n_candidates"] or 0,
+                                       "extrapolated_from" in r))
+
+
+def skipped_row(role: str, model: str, backend: str, reason: str) -> dict[str, Any]:
+    """A model × backend not measured, with the reason in place of figures."""
+    return {"role": role, "model": model, "backend": backend, "mode": None, "regime": None, "n_candidates": None,
+            "throughput": None, "p50_ms": None, "p95_ms": None, "peak_rss_mb": None, "size_mb": None,
+            "metric": None, "value": None, "spread": None, "skipped": reason}
+
+
+# ---------------------------------------------------------------- ratios
+
+
+def _find(rows: list[dict[str, Any]], role: str, backend: str, regime: str, n: int | None = None,
+          mode: str | None = None) -> dict[str, Any] | None:
+    """The measured row (with samples) of a role, backend, regime, N and, if given, mode."""
+    return next((r for r in rows if r["role"] == role and r["backend"] == backend and r["regime"] == regime
+                 and r["n_candidates"] == n and (mode is None or r["mode"] == mode) and r.get("samples")
+                 and not r.get("extrapolated_from")), None)
+
+
+def _ratio(name: str, num: dict | None, den: dict | None, **info: Any) -> list[dict[str, Any]]:
+    """num / den per repeat: median, [min, max] and a verdict that is only a win or loss outside the spread."""
+    if not num or not den:
+        return []
+    per = [a / b for a, b in zip(num["samples"], den["samples"]) if b]
+    lo, hi, med = min(per), max(per), statistics.median(per)
+    verdict = "win" if lo > 1 else "loss" if hi < 1 else "tie (spread overlaps 1.0)"
+    return [{"name": name, "median": round(med, 3), "spread": [round(lo, 3), round(hi, 3)],
+             "numerator": f"{num['role']} {num['backend']} {num['throughput']}",
+             "denominator": f"{den['role']} {den['backend']} {den['throughput']}", "verdict": verdict, **info}]
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The speed ratios the README states, each from per-repeat samples of the same interleaved run."""
+    up = "unique-pairs"
+    s32 = _find(rows, "student", "torch-fp32", up, mode=names.COSINE)
+    s8 = _find(rows, "student", "onnx-int8", up, mode=names.COSINE)
+    out = _ratio("student encode vs SentenceTransformer.encode (unique pairs, throughput)",
+                 s32, _find(rows, "st-student", "torch-fp32", up))
+    out += _ratio("teacher vs CrossEncoder.predict (unique pairs, throughput)",
+                  _find(rows, "teacher", "torch-fp32", up), _find(rows, "st-teacher", "torch-fp32", up))
+    if s32 and s8:
+        delta = None if s8["value"] is None or s32["value"] is None else round(s8["value"] - s32["value"], 4)
+        out += _ratio("student ONNX int8 vs torch fp32 (unique pairs, throughput)", s8, s32, spearman_delta=delta)
+    out += _ratio("student vs teacher, unique pairs (throughput)", s32, _find(rows, "teacher", "torch-fp32", up))
+    for n in sorted({r["n_candidates"] for r in rows if r["regime"] == "one-vs-n" and r.get("samples")}):
+        out += _one_vs_n_ratios(rows, n)
+    return out
+
+
+def _one_vs_n_ratios(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    student = _find(rows, "student", "torch-fp32", "one-vs-n", n, mode=names.COSINE)
+    out = _ratio(f"one query vs {n}: student vs SentenceTransformer (encode + dot + top-k), queries/s", student,
+                 _find(rows, "st-student", "torch-fp32", "one-vs-n", n))
+    teachers = [r for r in rows if r["role"] == "teacher" and r["regime"] == "one-vs-n" and r["n_candidates"] == n
+                and r.get("samples") and not r.get("extrapolated_from")]
+    if not teachers:
+        return out
+    fastest = max(teachers, key=lambda r: r["throughput"])
+    out += _ratio(f"one query vs {n}: student vs teacher at its fastest ({fastest['backend']}), queries/s", student,
+                  fastest, recall_at_10=student["value"] if student else None)
+    own = [r for r in rows if r["role"] == "student" and r["regime"] == "one-vs-n" and r["n_candidates"] == n
+           and r.get("samples") and r["mode"] == names.COSINE]
+    quickest = max(own, key=lambda r: r["throughput"]) if own else None
+    if quickest and quickest is not student:
+        out += _ratio(f"one query vs {n}: student at its fastest ({quickest['backend']}) vs teacher at its fastest "
+                      f"({fastest['backend']}), queries/s", quickest, fastest, recall_at_10=quickest["value"])
+    return out
+
+
+# ---------------------------------------------------------------- report.json's meta, report.md
+
+
+def meta(inputs: dict[str, Any], machine: dict[str, Any], repeats: int, batch_size: int, chunk: int,
+         folders: dict[str, dict[str, Any]], base_rss: float, teacher_max_n: int) -> dict[str, Any]:
+    """What was measured, where and how: the report's `meta`."""
+    versions = {}
+    for pkg in VERSIONS_OF:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine, "versions": versions, "models": folders, "pairs": inputs["source"],
+            "n_pairs": len(inputs["a"]), "queries": len(inputs.get("queries", [])),
+            "candidate_pool": inputs.get("pool_source"), "repeats": repeats, "warm_up": "one untimed pass per row",
+            "batch_size": batch_size, "chunk_pairs": chunk, "teacher_max_n": teacher_max_n,
+            "base_rss_mb": round(base_rss, 1), "notes": list(NOTES)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report people read: setup, the table, the ratios, the plot."""
+    meta = report["meta"]
+    lines = ["# distill bench", "",
+             f"{meta['date']} · {meta['machine']['cpu']} · {meta['machine']['threads']} threads · "
+             + " · ".join(f"{k} {v}" for k, v in meta["versions"].items() if v), "",
+             f"Pairs: {meta['pairs']} ({meta['n_pairs']}); one-vs-n: {meta['queries']} queries, candidates: "
+             f"{meta['candidate_pool']}; {meta['repeats']} interleaved repeats after a warm-up; batch "
+             f"{meta['batch_size']}.", "",
+             "| role | model | backend | mode | regime | N | throughput | spread | p50 ms | p95 ms | RSS MB | "
+             "size MB | metric | value |", "|" + "---|" * 14]
+    lines += [_markdown_row(r) for r in report["rows"]]
+    lines += ["", "## Ratios (per-repeat ratios of the same run: median, [min, max])", "",
+              "| ratio | median | spread | verdict | extra |", "|---|---|---|---|---|"]
+    for q in report["ratios"]:
+        extra = ", ".join(f"{k}={v}" for k, v in q.items()
+                          if k not in ("name", "median", "spread", "numerator", "denominator", "verdict"))
+        lines.append(f"| {q['name']} | {q['median']}× | {q['spread'][0]}–{q['spread'][1]} | {q['verdict']} | "
+                     f"{extra} |")
+    if report.get("tatoeba"):
+        lines += ["", "## Tatoeba bitext retrieval", "", "| model | backend | direction | N | accuracy | nDCG@10 |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {t['model']} | {t['backend']} | {t['direction']} | {t['n']} | {t['accuracy']} | "
+                  f"{t['ndcg@10']} |" for t in report["tatoeba"]]
+    lines += ["", "Notes: " + "; ".join(meta["notes"]) + ".", "", f"![pareto]({names.PARETO_PNG})", ""]
+    return "\n".join(lines)
+
+
+def _markdown_row(r: dict[str, Any]) -> str:
+    if r.get("skipped"):
+        return f"| {r['role']} | {r['model']} | {r['backend']} | — | — | — | skipped: {r['skipped']} | | | | | | | |"
+    unit = "pairs/s" if r["regime"] == "unique-pairs" else "q/s"
+    note = f" (extrapolated from N={r['extrapolated_from']})" if r.get("extrapolated_from") else ""
+    value = "—" if r["value"] is None else f"{r['value']:.4f}"
+    spread = "—" if not r.get("spread") else f"{r['spread'][0]:.4g}–{r['spread'][1]:.4g}"
+    return (f"| {r['role']} | {r['model']} | {r['backend']} | {r['mode']} | {r['regime']} | "
+            f"{r['n_candidates'] or '—'} | {r['throughput']:.4g} {unit}{note} | {spread} | {r['p50_ms']} | "
+            f"{r['p95_ms']} | {r['peak_rss_mb']} | {r['size_mb']} | {r['metric']} | {value} |")
+
+
+# ---------------------------------------------------------------- pareto.png
+
+# colour = who (distill or sentence-transformers, teacher or student), marker = backend, hollow = DSE head
+COLOURS = {"teacher": "tab:red", "st-teacher": "tab:orange", "student": "tab:blue", "st-student": "tab:cyan"}
+MARKERS = {"torch-fp32": "o", "torch-bf16": "s", "onnx-fp32": "^", "onnx-int8": "D"}
+
+
+def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows no other row beats on both throughput and accuracy (`value`), fastest first."""
+    front, best = [], float("-inf")
+    for r in sorted(points, key=lambda r: (-r["throughput"], -r["value"])):
+        if r["value"] > best:
+            front.append(r)
+            best = r["value"]
+    return front
+
+
+def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
+    """Throughput (log) against accuracy per regime, the Pareto front marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("distill bench: matplotlib is not installed; no pareto.png (pip install 'distill[all]')")
+        return
+    panels = [("unique-pairs", None, "STS Spearman", "pairs/s")]
+    ns = sorted({r["n_candidates"] for r in rows if r["regime"] == "one-vs-n" and r["value"] is not None})
+    if ns:
+        panels.append(("one-vs-n", ns[-1], f"recall@10 of the teacher's top 10 (N={ns[-1]})", "queries/s"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 3, 4.8), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (regime, n, ylabel, unit) in zip(axes[0], panels):
+        pts = [r for r in rows if r["regime"] == regime and r["n_candidates"] == n and r["value"] is not None
+               and r["throughput"]]
+        for r in pts:
+            label = f"{r['role']} {r['backend']}" + (" (DSE head)" if r["mode"] == names.DSE else "")
+            colour = COLOURS.get(r["role"], "k")
+            handles[label] = ax.scatter(r["throughput"], r["value"], s=55, zorder=3, marker=MARKERS[r["backend"]],
+                                        facecolors="none" if r["mode"] == names.DSE else colour,
+                                        edgecolors=colour, linewidths=1.5, label=label)
+        front = pareto_front(pts)
+        if front:
+            handles["Pareto front"] = ax.plot([r["throughput"] for r in front], [r["value"] for r in front], "--",
+                                              color="grey", zorder=2, label="Pareto front")[0]
+        ax.set_xscale("log")
+        ax.set_xlabel(f"throughput ({unit}, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(regime if n is None else f"{regime}, N = {n}")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / (6 * len(panels) + 3), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
