@@ -1,10 +1,17 @@
-"""64-bit keys of a score cache: `key` hashes a pair_id, `text_key` a pair's normalised texts.
+"""The keys of a pair: its `pair_id` (DESIGN.md "Data contracts") and the 64-bit keys a score cache stores.
 
-Both are vectorised over Arrow string columns (no Python string per row), and stable: they are stored in shards,
-so changing `hash64` or `normalise_arrow` makes every stored key wrong (the join would find no pair).
+`make_pair_id` hashes a pair's normalised texts into the id every pair file, cache and report uses. In a shard,
+`key` hashes a pair_id and `text_key` a pair's normalised texts; both are vectorised over Arrow string columns (no
+Python string per row), and stable: they are stored in shards, so changing `make_pair_id`, `hash64` or
+`normalise_arrow` makes every stored id or key wrong (the join would find no pair).
+
+A leaf module: the data reader and the score cache's format both build on it, neither imports the other.
 """
 
 from __future__ import annotations
+
+import hashlib
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
@@ -14,10 +21,21 @@ from datasets import Dataset
 CHUNK = 1 << 16  # rows per step: bounds working memory (a few MB), not results
 
 _P = np.uint64(0x9E3779B97F4A7C15)  # odd, so every power is invertible mod 2^64 (no byte is ever lost)
-# exactly the characters str.isspace() accepts, i.e. what `" ".join(text.split())` in data.normalise collapses
+# exactly the characters str.isspace() accepts, i.e. what `" ".join(text.split())` in `normalise` collapses
 # (tests check this against Python itself)
 _ASCII_ODD = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  "
 _SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+"
+
+
+def normalise(text: str) -> str:
+    """The text form that `pair_id` hashes: NFC, whitespace collapsed and stripped."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def make_pair_id(text_a: str, text_b: str) -> str:
+    """Order-sensitive id of a pair: score(a, b) != score(b, a) for a cross-encoder."""
+    joined = normalise(text_a) + "\x1f" + normalise(text_b)
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:20]
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -86,7 +104,7 @@ def hash64(strings: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
 
 
 def normalise_arrow(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """`distill.data.normalise` (NFC, whitespace runs collapsed to one space, stripped) on a whole Arrow column."""
+    """`normalise` (NFC, whitespace runs collapsed to one space, stripped) on a whole Arrow column."""
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     # the regex replacement costs ~1.5 us a text: run it only on texts it can change, i.e. non-ASCII ones and
     # ASCII ones holding a whitespace other than a single space (an ASCII text is already NFC)
