@@ -1,17 +1,11 @@
-"""Teacher score cache: `distill cache` writes teacher scores for a pair split; `ScoreCache` reads them back.
+"""`distill cache`: score a pair split with a trained teacher into a score cache (`Trainer.predict` + a writer).
 
-Layout of a cache directory (DESIGN.md "Score cache"):
-- `manifest.json` (format 1): teacher and data fingerprints, `score_transform`, shards, `complete`;
-- `shard-{start:09d}-{end:09d}.parquet`: columns `pair_id`, `score` (float32 raw teacher output; a `scores`
-  list for multi-class teachers), `key` (int64 hash of `pair_id`) and `text_key` (int64 hash of the normalised
-  texts, so a stale cache is refused), named by pair range so a rerun with another number of processes resumes.
-Shards are written to a temp file and renamed; a rerun recomputes only shards that do not verify.
-Reading back (`ScoreCache`, `join_caches`) lives in `distill.cache_join`; it is re-exported here.
+The cache's format is `distill.score_cache`'s, its reader `distill.cache_join`'s. Shards are spread over DDP ranks
+by index and written as soon as they are scored, so a rerun recomputes only shards that do not verify.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,8 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch.distributed as dist
 from datasets import Dataset
@@ -29,38 +21,25 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
 from distill import outdir
-from distill.cache_join import (  # noqa: F401 - re-exported: callers import the reader from here
+from distill.cache_join import ScoreCache, join_caches  # noqa: F401 - re-exported: callers read caches from here
+from distill.checkpoints import check_fits, read_checkpoint
+from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize, tokenizer_fingerprint
+from distill.names import MANIFEST
+from distill.score_cache import (  # noqa: F401 - the format's names are re-exported: callers import them from here
     FORMAT_VERSION,
-    MANIFEST,
     CacheError,
-    ScoreCache,
     apply_transform,
-    join_caches,
     read_manifest,
     sha256_file,
-)
-from distill.cache_keys import CHUNK, hash64, text_keys_of
-from distill.checkpoints import check_fits, read_checkpoint
-from distill.data import (
-    PairCollator,
-    PairDataModule,
-    fingerprint,
-    load_tokenizer,
-    make_pair_id,
-    tokenize,
-    tokenizer_fingerprint,
+    shard_name,
+    shard_ok,
+    stored_text_keys,
+    write_json_atomic,
+    write_shard,
 )
 from distill.signals import Preempted, StopOnSigterm, stopped_message
 
-
-def shard_name(start: int, end: int) -> str:
-    return f"shard-{start:09d}-{end:09d}.parquet"
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # per process: concurrent runs never share one temp file
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+_write_json_atomic = write_json_atomic  # the old private name, which scripts/bench_cache.py imports
 
 
 class ShardBatchSampler(Sampler[list[int]]):
@@ -109,49 +88,6 @@ class ShardWriter(BasePredictionWriter):
             del self.pending[k]
 
 
-def write_shard(directory: Path, start: int, end: int, pair_ids: list[str], scores: list[Any] | np.ndarray,
-                text_keys: np.ndarray | None = None) -> None:
-    """Write one shard atomically: `pair_id`, `score` (or multi-class `scores`), `key` and, given the pairs'
-    `text_keys` (`distill.cache_keys.text_keys`), `text_key`; a 2-D `scores` array means multi-class."""
-    multi = (len(scores) and isinstance(scores[0], list)) or getattr(scores, "ndim", 1) == 2
-    kind = pa.list_(pa.float32()) if multi else pa.float32()
-    ids = pa.array(pair_ids, pa.string())
-    columns = {"pair_id": ids, "scores" if multi else "score": pa.array(list(scores) if multi else scores, kind),
-               "key": pa.array(hash64(ids), pa.int64())}
-    if text_keys is not None:
-        columns["text_key"] = pa.array(np.asarray(text_keys, np.int64))
-    path = directory / shard_name(start, end)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, path)
-
-
-def stored_text_keys(rows: Dataset) -> np.ndarray:
-    """The `text_key` column to write: the texts' hash where the pair_id is user-supplied (id_column), so that
-    training refuses the scores once those texts are edited; 0 where the id already hashes the texts
-    (`make_pair_id`): such an id cannot go stale, and the join then skips hashing that row's texts."""
-    keys = text_keys_of(rows)
-    i = 0
-    for batch in rows.select_columns(["pair_id", "text_a", "text_b"]).iter(batch_size=CHUNK):
-        n = len(batch["pair_id"])
-        hashed = [p == make_pair_id(a, b) for p, a, b in zip(batch["pair_id"], batch["text_a"], batch["text_b"])]
-        keys[i:i + n][np.array(hashed, bool)] = 0
-        i += n
-    return keys
-
-
-def _shard_ok(path: Path, pair_ids: list[str], sha256: str | None) -> bool:
-    """A shard on disk is reused only if it reads back with exactly the expected pair ids (and checksum)."""
-    if not path.is_file():
-        return False
-    if sha256 is not None and sha256_file(path) != sha256:
-        return False
-    try:
-        return pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist() == pair_ids
-    except (pa.ArrowException, OSError):
-        return False
-
-
 def load_teacher_checkpoint(teacher: pl.LightningModule, ckpt_path: str) -> None:
     """Load a Lightning checkpoint's weights into `teacher`; a wrong file or kind is a one-line error."""
     ckpt = read_checkpoint(ckpt_path)
@@ -178,6 +114,12 @@ def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str
         # only when set, so caches made before teachers had a prefix still match
         **({"prefix": teacher.hparams["prefix"]} if teacher.hparams.get("prefix") else {}),
     }
+
+
+def data_fingerprint(data: PairDataModule, split: str, rows: Dataset) -> dict[str, Any]:
+    """The manifest's `data`: what names the scored rows (their content hash) and where they came from."""
+    return {"fingerprint": fingerprint(rows), "source": data.sources[split], "split": split, "n_pairs": len(rows),
+            "label_range": list(data.label_ranges.get(split) or []) or None}
 
 
 def _differing(old: dict, new: dict, prefix: str) -> list[str]:
@@ -222,12 +164,47 @@ def main(
                          f"wrote, which it resumes)")
     load_teacher_checkpoint(teacher, ckpt_path)
     rows = data.rows(split)
-    expected = {
-        "format": FORMAT_VERSION,
-        "teacher": teacher_fingerprint(teacher, ckpt_path),
-        "data": {"fingerprint": fingerprint(rows), "source": data.sources[split], "split": split,
-                 "n_pairs": len(rows), "label_range": list(data.label_ranges.get(split) or []) or None},
-    }
+    expected = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher, ckpt_path),
+                "data": data_fingerprint(data, split, rows)}
+    old = _open(directory, expected, overwrite, ckpt_path)
+    shards = [(s, min(s + shard_size, len(rows))) for s in range(0, len(rows), shard_size)]
+    pair_ids = rows["pair_id"]
+    known = {s["file"]: s["sha256"] for s in (old or {}).get("shards", [])}
+    todo = {k for k, (s, e) in enumerate(shards)
+            if not shard_ok(directory / shard_name(s, e), pair_ids[s:e], known.get(shard_name(s, e)))}
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+                         logger=False, use_distributed_sampler=False, enable_checkpointing=False,
+                         callbacks=[ShardWriter(directory, shards, pair_ids, stored_text_keys(rows)), StopOnSigterm()])
+    if trainer.is_global_zero and (old is None or todo):
+        # not complete while shards are (re)computed; the verified ones stay listed so a rerun can skip them
+        write_json_atomic(directory / MANIFEST, {**expected, "shards": (old or {}).get("shards", []),
+                                                 "complete": False})
+    if todo:
+        _score(trainer, teacher, rows, split, ShardBatchSampler(shards, todo, batch_size))
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        write_json_atomic(directory / MANIFEST, {**expected, "shards": _verified(directory, shards, pair_ids),
+                                                 "complete": True})
+        print(f"cache: {len(rows)} pairs in {len(shards)} shards ({len(todo)} scored now) -> {directory}")
+    return directory
+
+
+def _score(trainer: pl.Trainer, teacher: pl.LightningModule, rows: Dataset, split: str,
+           batches: ShardBatchSampler) -> None:
+    """Score the shards still to do; the trainer's `ShardWriter` writes each one as soon as it is complete."""
+    spec = teacher.tokenization()
+    tokenised = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
+    loader = DataLoader(tokenised, batch_sampler=batches,
+                        collate_fn=PairCollator(load_tokenizer(spec["tokenizer"]).pad_token_id or 0))
+    try:
+        trainer.predict(teacher, dataloaders=loader, return_predictions=False)
+    except SIGTERMException as err:  # finished shards stay on disk and verify: a rerun resumes from them
+        raise Preempted(stopped_message("cache", trainer)) from err
+
+
+def _open(directory: Path, expected: dict[str, Any], overwrite: bool, ckpt_path: str) -> dict[str, Any] | None:
+    """The manifest of the cache to resume (None: none, or --overwrite, which first deletes the old cache);
+    a cache made by another teacher or for other data is refused, naming the differing fields."""
     manifest_path = directory / MANIFEST
     old = read_manifest(manifest_path) if manifest_path.is_file() and not overwrite else None
     if old is not None:
@@ -246,36 +223,15 @@ def main(
         print(f"WARNING: --overwrite: replacing the cache in {directory}")
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    n = len(rows)
-    shards = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-    pair_ids = rows["pair_id"]
-    keys = stored_text_keys(rows)
-    known = {s["file"]: s["sha256"] for s in (old or {}).get("shards", [])}
-    todo = {k for k, (s, e) in enumerate(shards)
-            if not _shard_ok(directory / shard_name(s, e), pair_ids[s:e], known.get(shard_name(s, e)))}
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-                         logger=False, use_distributed_sampler=False, enable_checkpointing=False,
-                         callbacks=[ShardWriter(directory, shards, pair_ids, keys), StopOnSigterm()])
-    if trainer.is_global_zero and (old is None or todo):
-        # not complete while shards are (re)computed; the verified ones stay listed so a rerun can skip them
-        _write_json_atomic(manifest_path, {**expected, "shards": (old or {}).get("shards", []), "complete": False})
-    if todo:
-        spec = teacher.tokenization()
-        tokenised = rows.map(tokenize, batched=True, fn_kwargs=spec, desc=f"tokenising {split}")
-        loader = DataLoader(tokenised, batch_sampler=ShardBatchSampler(shards, todo, batch_size),
-                            collate_fn=PairCollator(load_tokenizer(spec["tokenizer"]).pad_token_id or 0))
-        try:
-            trainer.predict(teacher, dataloaders=loader, return_predictions=False)
-        except SIGTERMException as err:  # finished shards stay on disk and verify: a rerun resumes from them
-            raise Preempted(stopped_message("cache", trainer)) from err
-    trainer.strategy.barrier()
-    if trainer.is_global_zero:
-        listed = []
-        for s, e in shards:
-            path = directory / shard_name(s, e)
-            if not _shard_ok(path, pair_ids[s:e], None):
-                raise CacheError(f"{path}: missing or unreadable after scoring; re-run `distill cache` to resume")
-            listed.append({"file": path.name, "start": s, "end": e, "rows": e - s, "sha256": sha256_file(path)})
-        _write_json_atomic(manifest_path, {**expected, "shards": listed, "complete": True})
-        print(f"cache: {n} pairs in {len(shards)} shards ({len(todo)} scored now) -> {directory}")
-    return directory
+    return old
+
+
+def _verified(directory: Path, shards: list[tuple[int, int]], pair_ids: list[str]) -> list[dict[str, Any]]:
+    """The manifest's shard list, each shard read back and checksummed after scoring."""
+    listed = []
+    for s, e in shards:
+        path = directory / shard_name(s, e)
+        if not shard_ok(path, pair_ids[s:e], None):
+            raise CacheError(f"{path}: missing or unreadable after scoring; re-run `distill cache` to resume")
+        listed.append({"file": path.name, "start": s, "end": e, "rows": e - s, "sha256": sha256_file(path)})
+    return listed

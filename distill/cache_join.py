@@ -1,5 +1,7 @@
 """Reading a score cache back: `ScoreCache` and `join_caches`, built for 10^7-10^8 pairs.
 
+The format it reads (manifest, shards, transforms) is `distill.score_cache`'s.
+
 The join never holds a Python object per pair: shards are read as Arrow (only the needed columns), each
 pair_id becomes a 64-bit key (`hash64`; new shards store it as `key`, older ones get it computed here), the
 keys are sorted once and the training rows' ids are looked up chunk by chunk (`ScoreIndex.find`). What
@@ -12,7 +14,6 @@ edited texts under user-supplied ids is refused instead of silently reused (0 = 
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,49 +25,15 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 
 from distill.cache_keys import CHUNK, hash64, text_keys
+from distill.names import MANIFEST
+from distill.score_cache import (  # noqa: F401 - sha256_file re-exported: scripts/bench_cache.py imports it from here
+    CacheError,
+    apply_transform,
+    read_manifest,
+    sha256_file,
+)
 
 _SIGN = np.uint64(1 << 63)  # int64 order is uint64 order with the top bit flipped
-
-FORMAT_VERSION = 1  # shards gained the `key` and `text_key` columns without a bump: older readers ignore them
-MANIFEST = "manifest.json"
-
-class CacheError(ValueError):
-    """A cache that does not match the teacher or data it is used with; the message names the field."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def apply_transform(raw: np.ndarray, transform: str, label_range: list[float] | None = None) -> np.ndarray:
-    """Map raw teacher outputs onto the target scale [0, 1] (or leave them, for `identity`)."""
-    if transform == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-raw))
-    if transform == "affine-from-label_range":
-        lo, hi = label_range  # type: ignore[misc]
-        return (raw - lo) / (hi - lo)
-    if transform == "identity":
-        return raw
-    raise CacheError(f"unknown score_transform {transform!r} in the manifest; expected sigmoid, "
-                     f"affine-from-label_range or identity")
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest, or a one-line error for a corrupt or foreign one."""
-    try:
-        manifest = json.loads(path.read_text())
-        manifest["teacher"], manifest["data"]  # noqa: B018 - the keys every reader needs
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CacheError(f"{path}: not a readable score-cache manifest ({type(err).__name__}); delete the "
-                         f"cache directory or re-run `distill cache` with --overwrite") from None
-    if manifest.get("format") != FORMAT_VERSION:
-        raise CacheError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT_VERSION}; "
-                         f"re-run `distill cache` with --overwrite")
-    return manifest
 
 
 class ScoreCache:

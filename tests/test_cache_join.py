@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset
 
-from distill.cache import shard_name, stored_text_keys, write_shard
-from distill.cache_join import CacheError, ScoreCache, apply_transform, join_caches
-from distill.cache_keys import hash64, normalise_arrow, text_keys
-from distill.data import make_pair_id, normalise
+from distill.cache_join import ScoreCache, join_caches
+from distill.cache_keys import hash64, make_pair_id, normalise, normalise_arrow, text_keys
+from distill.names import MANIFEST
+from distill.score_cache import CacheError, apply_transform, sha256_file, shard_name, stored_text_keys, write_shard
 
 
 def make_cache(directory: Path, ids: list[str], scores: list | np.ndarray, keys: np.ndarray | None = None,
@@ -32,13 +32,11 @@ def make_cache(directory: Path, ids: list[str], scores: list | np.ndarray, keys:
         else:
             write_shard(directory, s, e, ids[s:e], scores[s:e], None if keys is None else keys[s:e])
         path = directory / shard_name(s, e)
-        from distill.cache import sha256_file
-
         listed.append({"file": path.name, "start": s, "end": e, "rows": e - s, "sha256": sha256_file(path)})
     manifest = {"format": 1, "teacher": {"score_transform": transform},
                 "data": {"fingerprint": "f" * 64, "source": str(directory), "split": "train", "n_pairs": len(ids),
                          "label_range": None}, "shards": listed, "complete": True}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / MANIFEST).write_text(json.dumps(manifest))
     return directory
 
 
@@ -47,7 +45,7 @@ def old_dict_join(directories: list[Path], rows: Dataset) -> list:
     key = "pivot_id" if "pivot_id" in rows.column_names else "pair_id"
     scores: dict = {}
     for d in directories:
-        manifest = json.loads((d / "manifest.json").read_text())
+        manifest = json.loads((d / MANIFEST).read_text())
         for shard in manifest["shards"]:
             table = pq.read_table(d / shard["file"])
             column = "score" if "score" in table.column_names else "scores"
@@ -147,11 +145,9 @@ def test_a_64_bit_key_collision_is_refused(tmp_path: Path, monkeypatch: pytest.M
     shard = cache / shard_name(0, 3)
     table = pq.read_table(shard)
     pq.write_table(table.set_column(table.column_names.index("key"), "key", pa.array([5, 6, 7], pa.int64())), shard)
-    manifest = json.loads((cache / "manifest.json").read_text())
-    from distill.cache import sha256_file
-
+    manifest = json.loads((cache / MANIFEST).read_text())
     manifest["shards"][0]["sha256"] = sha256_file(shard)
-    (cache / "manifest.json").write_text(json.dumps(manifest))
+    (cache / MANIFEST).write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="no usable text_key"):  # its text keys came from that hash too
         assert join_caches([ScoreCache(cache)], rows)["score"] == pytest.approx([0.8808, 0.5], abs=1e-4)
     # a hash under which two ids collide
@@ -167,11 +163,9 @@ def test_a_shard_with_integer_pair_ids_is_named(tmp_path: Path) -> None:
     shard = directory / shard_name(0, 2)
     pq.write_table(pa.table({"pair_id": pa.array([1, 2], pa.int64()), "score": pa.array([0.0, 1.0], pa.float32())}),
                    shard)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    from distill.cache import sha256_file
-
+    manifest = json.loads((directory / MANIFEST).read_text())
     manifest["shards"][0]["sha256"] = sha256_file(shard)
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match=rf"{re.escape(str(shard))}: column pair_id is int64, expected strings;.*"
                                          r"distill cache --overwrite"):
         join_caches([ScoreCache(directory)], Dataset.from_dict({"pair_id": ["1"], "text_a": ["a"], "text_b": ["b"]}))

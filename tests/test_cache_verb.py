@@ -11,8 +11,9 @@ import sys
 import pytest
 from cli_args import ROOT, cache_args
 
-from distill.cache import CacheError, ScoreCache
+from distill.cache_join import ScoreCache
 from distill.cli import run
+from distill.score_cache import CacheError
 from distill.signals import EXIT_STATUS
 
 
