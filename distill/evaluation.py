@@ -61,7 +61,7 @@ def tatoeba_accuracy(encode: Any, languages: list[str], max_sentences: int | Non
     corpus by cosine (the LASER test protocol, ≤ 1000 sentences per language; ties count as wrong).
     """
     from distill.languages import iso
-    from distill.multilingual import read_tatoeba
+    from distill.tatoeba import read_tatoeba
 
     out = {}
     for lang in languages:
@@ -90,7 +90,7 @@ class MultilingualEvaluation(Callback):
 
     def __init__(self, tatoeba: list[str] | None = None, max_sentences: int | None = None,
                  batch_size: int = 64) -> None:
-        from distill.multilingual import tatoeba_code
+        from distill.tatoeba import tatoeba_code
 
         for lang in tatoeba or []:
             tatoeba_code(lang)  # an unknown code fails at start-up, not after the test loop

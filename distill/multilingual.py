@@ -1,10 +1,12 @@
-"""Multilingual data: stsb_multi_mt and Tatoeba from the data catalog, language codes, cross-lingual pivot pairs.
+"""Multilingual training data: stsb_multi_mt from the data catalog, cross-lingual pivot pairs, their datamodule.
 
 stsb_multi_mt (Philip May, 2021) is STS Benchmark machine-translated into 10 languages; row i of every language is
 the translation of row i of `en`, which equals STS-B. So a translated pair (a_de, b_de) or a mixed pair
 (a_de, b_en) has a well-defined *pivot*: the English pair the teacher scored. Rows built here carry `lang_a`,
 `lang_b` and `pivot_id` (the English pair's `pair_id`), and the score cache is joined on `pivot_id`
-(DESIGN.md "Data contracts"), so one teacher pass over English pairs teaches every language.
+(DESIGN.md "Data contracts"), so one teacher pass over English pairs teaches every language. Embedding-level
+distillation adds a frozen teacher bi-encoder's embeddings of the English sentences (`teacher_embeddings`).
+Tatoeba (evaluation only) is `distill.tatoeba`'s.
 """
 
 from __future__ import annotations
@@ -19,15 +21,12 @@ from datasets import Dataset
 
 from distill import catalog
 from distill.data import DataError, PairDataModule, make_pair_id
-from distill.languages import STSB_LANGUAGES, iso
-from distill.languages import TATOEBA_CODES as TATOEBA_TEST_CODES
+from distill.languages import STSB_LANGUAGES
+from distill.tatoeba import TATOEBA_CODES, read_tatoeba, tatoeba_code  # noqa: F401 - re-exported: bench, trim
 
 PIVOT = "en"
 SPLITS = ("train", "dev", "test")
 LABEL_RANGE = (0.0, 5.0)
-
-#: ISO 639-1 -> the Tatoeba (LASER) file code, from the one language table; Tatoeba codes are accepted as they are
-TATOEBA_CODES = {iso(code): code for code in reversed(TATOEBA_TEST_CODES) if iso(code) != code}
 
 
 def check_languages(languages: list[str] | tuple[str, ...], key: str, known: tuple[str, ...] = STSB_LANGUAGES) -> \
@@ -82,30 +81,6 @@ def texts(languages: list[str], split: str = "train") -> list[str]:
         frame = read_stsb_mt(lang, split)
         out += frame.text_a.tolist() + frame.text_b.tolist()
     return out
-
-
-def tatoeba_code(lang: str) -> str:
-    """ISO 639-1 (`de`) or Tatoeba code (`deu`) -> the Tatoeba file code; unknown codes are an error."""
-    code = TATOEBA_CODES.get(lang, lang)
-    if code not in TATOEBA_TEST_CODES:
-        import difflib
-
-        close = difflib.get_close_matches(lang, [*TATOEBA_CODES, *TATOEBA_TEST_CODES], n=4, cutoff=0.5)
-        raise DataError(f"tatoeba: unknown language code {lang!r}"
-                        f"{'; close matches: ' + ', '.join(close) if close else ''}; use an ISO 639-1 code "
-                        f"({', '.join(TATOEBA_CODES)}) or one of the {len(TATOEBA_TEST_CODES)} Tatoeba codes "
-                        f"({', '.join(TATOEBA_TEST_CODES[:8])}, ...)")
-    return code
-
-
-def read_tatoeba(lang: str) -> tuple[list[str], list[str]]:
-    """(sentences in `lang`, their English translations), line-aligned (catalog `tatoeba/<code>`, the LASER test
-    set, ≤ 1000 lines)."""
-    try:
-        rows = catalog.load(f"tatoeba/{tatoeba_code(lang)}").rows
-    except catalog.CatalogError as err:
-        raise DataError(str(err)) from None
-    return list(rows["translation"]), list(rows["source"])
 
 
 def _pair_row(text_a: str, text_b: str, label: float, lang_a: str, lang_b: str, pivot_id: str, src_a: str,
@@ -273,8 +248,8 @@ class MultilingualDataModule(PairDataModule):
         teacher_embeddings: a frozen bi-encoder for embedding-level KD: a student checkpoint or folder, or a
             backbone (e.g. `multilingual-e5-small` with `teacher_embeddings_prefix: "query: "`).
         teacher_embeddings_prefix: input prefix for a backbone given as `teacher_embeddings`.
-        cache_dir: the teacher's score cache over the English pivot pairs (STS-B train).
-        (the rest): as `PairDataModule`.
+        (the rest): as `PairDataModule` (its train, val, test and label_range are fixed here); `cache_dir` is the
+            teacher's score cache over the English pivot pairs (STS-B train).
     """
 
     def __init__(
@@ -290,21 +265,12 @@ class MultilingualDataModule(PairDataModule):
         max_test_pairs: int | None = None,
         teacher_embeddings: str | None = None,
         teacher_embeddings_prefix: str = "",
-        predict: str | None = None,
-        cache_dir: str | list[str] | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        max_pairs: int | None = None,
-        group_by_length: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
+        # **kwargs: PairDataModule's other arguments, which jsonargparse reads from its signature (cache_dir, ...)
         check_languages(languages, "data.init_args.languages")
         super().__init__(train="stsb_multi_mt/train", val="stsb_multi_mt/dev", test="stsb_multi_mt/test",
-                         predict=predict, label_range=LABEL_RANGE, cache_dir=cache_dir, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, max_pairs=max_pairs, group_by_length=group_by_length,
-                         seed=seed, num_workers=num_workers)
-        self.save_hyperparameters()
+                         label_range=LABEL_RANGE, **kwargs)
         val_languages = check_languages(val_languages or languages, "data.init_args.val_languages")
         test_languages = check_languages(test_languages or list(STSB_LANGUAGES), "data.init_args.test_languages")
         self.eval_specs = {
@@ -345,8 +311,8 @@ class MultilingualDataModule(PairDataModule):
 
     def prepare_data(self) -> None:
         super().prepare_data()
-        fn = getattr(self.trainer.state.fn, "value", self.trainer.state.fn) if self.trainer is not None else "fit"
-        if self.hparams.teacher_embeddings and fn == "fit":  # rank 0 computes; setup on every rank reads the file
+        # rank 0 computes; setup on every rank reads the file
+        if self.hparams.teacher_embeddings and self._stage() == "fit":
             self._teacher_vectors(self.rows("train"))
 
     def build(self, split: str) -> Dataset:

@@ -13,12 +13,14 @@ from cli_args import QUIET, ROOT, cache_args
 from scipy.stats import spearmanr
 
 from distill import catalog
-from distill.cache import CacheError, ScoreCache, join_caches
+from distill.cache_join import ScoreCache, join_caches
 from distill.cli import run
 from distill.data import DataError, make_pair_id
 from distill.evaluation import language_table, tatoeba_accuracy
 from distill.losses import EmbeddingMSE, ScoreRegression
-from distill.multilingual import eval_pairs, pivot_pairs, read_stsb_mt, tatoeba_code
+from distill.multilingual import eval_pairs, pivot_pairs, read_stsb_mt
+from distill.score_cache import CacheError
+from distill.tatoeba import tatoeba_code
 
 
 def test_pivot_pairs_point_every_language_at_the_english_pair() -> None:
@@ -85,7 +87,7 @@ def test_embedding_mse_and_score_range_by_hand() -> None:
 
 def test_tatoeba_accuracy_counts_translations_found_first() -> None:
     # a perfect encoder for this test: each sentence's vector is its line number in its own file
-    from distill.multilingual import read_tatoeba
+    from distill.tatoeba import read_tatoeba
 
     xx, en = read_tatoeba("de")
     index = {t: i for i, t in enumerate(xx[:50])} | {t: i for i, t in enumerate(en[:50])}
