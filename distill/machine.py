@@ -19,6 +19,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def bf16_reason() -> str | None:
+    """Why torch bf16 is not measured here, or None when the CPU has native bf16 instructions."""
+    flags = ""
+    if Path("/proc/cpuinfo").is_file():
+        flags = Path("/proc/cpuinfo").read_text()
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return None
+    return "this CPU lacks native bf16 (avx512_bf16/amx_bf16): torch would emulate it, slower than fp32"
+
+
 def machine() -> dict[str, Any]:
     """CPU, cores, torch threads, torch version, date (and the GPU when there is one)."""
     import torch

@@ -169,7 +169,7 @@ def test_ratios_name_their_verdict_and_skips_their_reason(report):
         assert lo <= q["median"] <= hi
         assert q["verdict"] in ("win", "loss", "tie (spread overlaps 1.0)")
     assert report["meta"]["machine"]["threads"] >= 1 and report["meta"]["versions"]["torch"]
-    assert {t["direction"] for t in report["tatoeba"]} == {"deu-eng", "eng-deu"}
+    assert {t["direction"] for t in report["tatoeba"]} == {"de-en", "en-de"}
 
 
 def test_the_teacher_given_as_a_student_is_refused(teacher_ckpt, tmp_path, capsys):

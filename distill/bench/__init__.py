@@ -67,8 +67,8 @@ def main(teacher: str | None = None, students: list[str] | None = None, out: str
         threads: intra-op threads for torch and ONNX Runtime (default: all cores).
         baselines: also time sentence-transformers on the same weights.
         teacher_max_n: above this N the teacher's one-vs-n latency is extrapolated linearly (and so labelled).
-        tatoeba: Tatoeba languages (ISO 639-3, e.g. deu) for bitext retrieval accuracy of the students (xx->en and
-            en->xx, 1 vs the language's up to 1000 sentences).
+        tatoeba: Tatoeba languages (ISO 639-1 like `de`, or Tatoeba codes like `deu`) for bitext retrieval
+            accuracy of the students (xx->en and en->xx, 1 vs the language's up to 1000 sentences).
         update_cards: add the measured figures to exported folders' model cards.
         wandb_run: also log the tables and the Pareto plot to this W&B run (`entity/project/run_id`).
     """

@@ -20,8 +20,9 @@ import torch
 
 from distill import export as exporting
 from distill import names, onnx_backend
-from distill.bench.timing import RssSampler, bf16_reason
+from distill.bench.timing import RssSampler
 from distill.checkpoints import CheckpointError, read_checkpoint
+from distill.machine import bf16_reason
 
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 TORCH_WEIGHTS = "model.safetensors"  # transformers' file name

@@ -20,6 +20,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from distill.machine import bf16_reason, cpu_name
+
 T = TypeVar("T")
 
 
@@ -132,26 +134,6 @@ def percentile_ms(xs: list[float], q: int) -> float | None:
 
 
 # ---------------------------------------------------------------- the machine
-
-
-def cpu_name() -> str:
-    """The CPU's model name (for reports)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def bf16_reason() -> str | None:
-    """Why torch bf16 is not measured here, or None when the CPU has native bf16 instructions."""
-    flags = ""
-    if Path("/proc/cpuinfo").is_file():
-        flags = Path("/proc/cpuinfo").read_text()
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
-        return None
-    return "this CPU lacks native bf16 (avx512_bf16/amx_bf16): torch would emulate it, slower than fp32"
 
 
 def machine(threads: int) -> dict[str, Any]:

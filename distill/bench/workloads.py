@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 
 from distill.bench.runners import BenchError, Runner
 from distill.bench.timing import Timings, timed
+from distill.languages import iso
 
 UNIQUE_PAIRS, ONE_VS_N = "unique-pairs", "one-vs-n"
 REGIMES = (UNIQUE_PAIRS, ONE_VS_N)
@@ -222,7 +223,7 @@ def measured_rows(task: Task) -> list[dict[str, Any]]:
 def tatoeba_rows(runners: list[Runner], langs: list[str]) -> list[dict[str, Any]]:
     """Bitext retrieval (accuracy@1 and nDCG@10, one relevant sentence) for each student runner."""
     from distill import data
-    from distill.multilingual import read_tatoeba
+    from distill.tatoeba import read_tatoeba, tatoeba_code
 
     out = []
     for lang in langs:
@@ -230,11 +231,12 @@ def tatoeba_rows(runners: list[Runner], langs: list[str]) -> list[dict[str, Any]
             xx, en = read_tatoeba(lang)
         except data.DataError as err:
             raise BenchError(str(err)) from None
+        code = iso(tatoeba_code(lang))  # ISO 639-1 in keys and reports, as `distill test` logs them (DESIGN.md)
         for runner in runners:
             if runner.encode is None or runner.role != "student":
                 continue
             ex, ee = runner.encode(xx), runner.encode(en)
-            for direction, q, c in ((f"{lang[:3]}-eng", ex, ee), (f"eng-{lang[:3]}", ee, ex)):
+            for direction, q, c in ((f"{code}-en", ex, ee), (f"en-{code}", ee, ex)):
                 out.append({"model": runner.model, "backend": runner.backend, "direction": direction, "n": len(c),
                             **_bitext_retrieval(q, c)})
     return out
