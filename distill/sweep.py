@@ -2,7 +2,7 @@
 
 A sweep file (`configs/sweeps/*.yaml`) is plain W&B sweep config: its `command` runs `distill fit --config
 <recipe> --config configs/logger/wandb.yaml ${args}` and its parameters are the CLI's dotted keys. For real
-sweeps, `wandb sweep` and `wandb agent` drive it (README, "Sweeps"). `--dry_run` samples parameter sets with
+sweeps, `wandb sweep` and `wandb agent` drive it (docs/sweeps.md). `--dry_run` samples parameter sets with
 W&B's own sampler (the `sweeps` package the server runs), expands the command exactly as `wandb agent` does,
 checks every parameter name against the recipe's resolved config, runs each command for 2 optimiser steps
 with W&B offline, and checks that the sweep's metric was logged and that each run made exactly one W&B run.
