@@ -19,7 +19,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from distill import predict
-from distill.checkpoints import CheckpointError, check_class_paths, check_fits, is_trusted, read_checkpoint
+from distill.checkpoints import CheckpointError, check_class_paths, check_fits, read_checkpoint
 from distill.signals import Preempted, StopOnSigterm, stopped_message
 
 # verb -> "module:function"; imported on use so `distill fit` does not pay for onnxruntime or matplotlib
@@ -46,6 +46,10 @@ class DistillCLI(LightningCLI):
         # `distill predict` writes Parquet (teacher: pair_id, score; student: id, embedding)
         parser.add_argument("--predictions", type=str | None, default=None,
                             help="predict only: Parquet file to write the predictions to")
+        # the datamodule tokenises exactly as the model does: its spec comes from the built model (a link, not a
+        # config key); a datamodule without a `tokenization` argument is left alone
+        parser.link_arguments("model", "data.init_args.tokenization", compute_fn=tokenization_of,
+                              apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI (2.6) unpickles --ckpt_path here and lets the checkpoint's hyperparameters replace the
@@ -66,11 +70,7 @@ class DistillCLI(LightningCLI):
         super()._parse_ckpt_path()
         # jsonargparse also reads a bare string as a class path: check what the merge resolved to
         model = self.config[subcommand].get("model")
-        for class_path in _class_paths(model):
-            if not is_trusted(class_path):
-                raise CheckpointError(f"{path}: its hyperparameters make the model build {class_path!r}, which is "
-                                      f"not a distill model, student or objective class; refusing to build it: pass "
-                                      f"a checkpoint that `distill fit` wrote")
+        check_class_paths(model.as_dict() if hasattr(model, "as_dict") else model, path, "model")
 
     def before_instantiate_classes(self) -> None:
         # refuse before the backbone is loaded: without a writer, predict would compute everything and keep nothing
@@ -124,26 +124,21 @@ class DistillCLI(LightningCLI):
         return kwargs
 
 
-def _class_paths(config: Any) -> list[str]:
-    """Every `class_path` value in a (nested) config: dicts, lists and jsonargparse Namespaces."""
-    if hasattr(config, "as_dict"):
-        config = config.as_dict()
-    if isinstance(config, dict):
-        own = [config["class_path"]] if isinstance(config.get("class_path"), str) else []
-        return own + [p for v in config.values() for p in _class_paths(v)]
-    if isinstance(config, (list, tuple)):
-        return [p for v in config for p in _class_paths(v)]
-    return []
+def tokenization_of(model: pl.LightningModule) -> dict[str, Any] | None:
+    """How `model` tokenises (`tokenization()`: tokenizer, max_length, joint, prefix), for the datamodule; None for
+    a model without that method (the datamodule then asks the trainer's model, and says so if it cannot)."""
+    return model.tokenization() if hasattr(model, "tokenization") else None
 
 
 def _has_writer(callbacks: Any) -> bool:
     """Whether the configured trainer callbacks include a prediction writer of the user's own."""
-    for class_path in _class_paths(callbacks):
-        module, _, name = class_path.rpartition(".")
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        class_path = callback.get("class_path") if hasattr(callback, "get") else None
+        module, _, name = str(class_path).rpartition(".")
         try:
             if issubclass(getattr(importlib.import_module(module), name), BasePredictionWriter):
                 return True
-        except (ImportError, AttributeError, TypeError):
+        except (ImportError, AttributeError, TypeError, ValueError):
             continue
     return False
 
