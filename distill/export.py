@@ -34,7 +34,6 @@ from distill.names import (
 )
 from distill.st_modules import write_sentence_transformers_config
 
-REPORT = EXPORT_REPORT  # the old name: distill.bench reads it from here
 ST_HINT = "pip install 'distill[export]'"
 # texts of several lengths and scripts: parity must hold beyond the one short sentence a trace saw
 PROBES = [
@@ -113,7 +112,7 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
     ckpt = str(tracking.best_checkpoint(ckpt, root=runs))
     target = Path(out)
     try:  # never replace a folder export did not write, nor the one holding the checkpoint
-        outdir.check_out(target, REPORT, "distill export", overwrite, keep=[Path(ckpt)])
+        outdir.check_out(target, EXPORT_REPORT, "distill export", overwrite, keep=[Path(ckpt)])
     except outdir.OutDirError as err:
         raise ExportError(str(err)) from None
     kind, model, meta = load_model(ckpt)
@@ -183,7 +182,7 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     report = {"kind": "student", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
               "config": config, "checks": checks,
               "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
-    (folder / REPORT).write_text(json.dumps(report, indent=2))
+    (folder / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
     write_card(folder, report)
     return report
 
@@ -246,7 +245,7 @@ def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     report = {"kind": "teacher", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
               "config": {"max_length": max_length}, "checks": checks,
               "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
-    (folder / REPORT).write_text(json.dumps(report, indent=2))
+    (folder / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
     write_card(folder, report)
     return report
 

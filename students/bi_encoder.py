@@ -19,9 +19,7 @@ from distill.backbone_record import RecordsBackbone
 from distill.backbones import check_max_length, load_backbone
 from distill.names import COSINE, DSE, DSE_HEAD, STUDENT_CONFIG
 
-# the old names of distill.names' constants: distill.bench and distill.multilingual import them from here
-CONFIG_NAME = STUDENT_CONFIG
-HEAD_NAME = DSE_HEAD
+CONFIG_NAME = STUDENT_CONFIG  # the old name: distill.multilingual still imports it from here
 
 
 class DSEHead(nn.Module):
