@@ -39,8 +39,6 @@ from distill.score_cache import (  # noqa: F401 - the format's names are re-expo
 )
 from distill.signals import Preempted, StopOnSigterm, stopped_message
 
-_write_json_atomic = write_json_atomic  # the old private name, which scripts/bench_cache.py imports
-
 
 class ShardBatchSampler(Sampler[list[int]]):
     """Batches that never cross a shard; shard k goes to rank k % world_size.

@@ -26,12 +26,7 @@ from datasets import Dataset
 
 from distill.cache_keys import CHUNK, hash64, text_keys
 from distill.names import MANIFEST
-from distill.score_cache import (  # noqa: F401 - sha256_file re-exported: scripts/bench_cache.py imports it from here
-    CacheError,
-    apply_transform,
-    read_manifest,
-    sha256_file,
-)
+from distill.score_cache import CacheError, apply_transform, read_manifest
 
 _SIGN = np.uint64(1 << 63)  # int64 order is uint64 order with the top bit flipped
 

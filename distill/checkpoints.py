@@ -13,7 +13,6 @@ from distill.backbone_record import (
     CheckpointError,
     RecordsBackbone,
     check_backbone,
-    tokenizer_hash,  # noqa: F401 - distill.data still imports it from here
 )
 from distill.names import COSINE
 

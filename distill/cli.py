@@ -51,6 +51,9 @@ class DistillCLI(LightningCLI):
         parser.link_arguments("model", "data.init_args.tokenization", compute_fn=tokenization_of,
                               apply_on="instantiate")
 
+    # Private LightningCLI hook (pytorch-lightning 2.6): it merges a --ckpt_path's hyperparameters into the config
+    # before instantiation (PR #21116 / #21246, issues #20310, #20801); there is no public hook to check them
+    # first (the proposed `adapt_checkpoint_hparams`, PR #21408, is unmerged), so we check, then call it.
     def _parse_ckpt_path(self) -> None:
         # LightningCLI (2.6) unpickles --ckpt_path here and lets the checkpoint's hyperparameters replace the
         # configured model; refuse a file that is not a checkpoint, or one of another model class, first
@@ -107,6 +110,8 @@ class DistillCLI(LightningCLI):
         if path:
             self.trainer.callbacks.append(predict.ParquetWriter(path))
 
+    # Private LightningCLI hook: SIGTERMException ends the process with status 0 under the pinned Lightning (issue
+    # #19916; upstream PR #21623 gives it 143) and predict never stops on it; no public hook wraps a verb.
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning's SIGTERM ends fit as a SystemExit with status 0 and never stops predict: stop every verb
         # within a batch, keep a resumable checkpoint when fitting, and exit 143 (distill.signals)
@@ -117,6 +122,8 @@ class DistillCLI(LightningCLI):
         except SIGTERMException as err:
             raise Preempted(stopped_message(subcommand, self.trainer, stop.saved)) from err
 
+    # Private LightningCLI hook: the Trainer verbs' `weights_only` (PR #21072) defaults to None (torch's default
+    # decides) and the CLI offers no public way to force it, so the kwargs are set here.
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if "weights_only" in kwargs:  # --ckpt_path is unpickled with tensors and plain types only, never code

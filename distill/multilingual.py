@@ -22,7 +22,6 @@ from datasets import Dataset
 from distill import catalog
 from distill.data import DataError, PairDataModule, make_pair_id
 from distill.languages import STSB_LANGUAGES
-from distill.tatoeba import TATOEBA_CODES, read_tatoeba, tatoeba_code  # noqa: F401 - re-exported: bench, trim
 
 PIVOT = "en"
 SPLITS = ("train", "dev", "test")
@@ -166,8 +165,8 @@ def eval_pairs(languages: list[str], cross: list[str], split: str, max_pairs: in
 def load_encoder(model: str, prefix: str = "") -> Any:
     """A bi-encoder to embed with: a student checkpoint (.ckpt), a student or exported folder (its own prefix),
     or a backbone short name / folder (with `prefix`, mean pooling, normalised)."""
+    from distill.names import STUDENT_CONFIG
     from students import BiEncoder
-    from students.bi_encoder import CONFIG_NAME
 
     path = Path(model)
     if path.suffix == ".ckpt":
@@ -178,7 +177,7 @@ def load_encoder(model: str, prefix: str = "") -> Any:
             raise DataError(f"{model} is a {kind} checkpoint; teacher embeddings need a bi-encoder (a student "
                             f"checkpoint or folder, or a backbone)")
         return encoder
-    if (path / CONFIG_NAME).is_file():
+    if (path / STUDENT_CONFIG).is_file():
         return BiEncoder.from_pretrained(path)
     return BiEncoder(backbone=model, prefix=prefix)
 

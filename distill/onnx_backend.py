@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.names import INT8_FILE, ONNX_FILE  # noqa: F401 - tests/test_slow.py imports ONNX_FILE from here
-
 EXTRA_HINT = "pip install 'distill[export]' (onnx, onnxruntime, onnxscript)"
 
 

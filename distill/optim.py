@@ -29,8 +29,9 @@ def adamw_with_warmup(module: pl.LightningModule, lr: float, weight_decay: float
     opt = torch.optim.AdamW([{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()])
     total = int(module.trainer.estimated_stepping_batches)
     # estimated_stepping_batches builds the train loader before a checkpoint's loop state is restored, and the
-    # fit loop would then reuse that loader without loading its state (pytorch-lightning 2.6): drop it so the
-    # fit loop builds it again after the restore, and resumes mid-epoch at the right batch
+    # fit loop would then reuse that loader without loading its state (pytorch-lightning 2.6; Lightning issue
+    # #20550, fixes proposed in PRs #21765 and #21770): drop the private `_combined_loader` so the fit loop builds
+    # it again after the restore, and resumes mid-epoch at the right batch
     module.trainer.fit_loop._combined_loader = None
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -66,7 +66,7 @@ def old_dict_join(directory: Path, rows):  # noqa: ANN001, ANN201 - a frozen cop
     import numpy as np
     import pyarrow.parquet as pq
 
-    from distill.cache_join import apply_transform, sha256_file
+    from distill.score_cache import apply_transform, sha256_file
 
     manifest = json.loads((directory / "manifest.json").read_text())
     scores: dict = {}
@@ -94,8 +94,8 @@ def prepare(n: int, folder: Path, shard_size: int, seed: int = 0) -> None:
     import pyarrow.compute as pc
     from datasets import Dataset
 
-    from distill.cache import _write_json_atomic, sha256_file, shard_name, write_shard
     from distill.cache_keys import CHUNK, text_keys
+    from distill.score_cache import sha256_file, shard_name, write_json_atomic, write_shard
 
     if (folder / "done").is_file():
         return
@@ -119,7 +119,7 @@ def prepare(n: int, folder: Path, shard_size: int, seed: int = 0) -> None:
         write_shard(cache, s, e, ids[s:e].to_pylist(), scores[s:e], keys[s:e])
         path = cache / shard_name(s, e)
         listed.append({"file": path.name, "start": s, "end": e, "rows": e - s, "sha256": sha256_file(path)})
-    _write_json_atomic(cache / "manifest.json", {
+    write_json_atomic(cache / "manifest.json", {
         "format": 1, "teacher": {"class_path": "synthetic", "score_transform": "sigmoid"},
         "data": {"fingerprint": "0" * 64, "source": "synthetic", "split": "train", "n_pairs": n, "label_range": None},
         "shards": listed, "complete": True})

@@ -19,8 +19,6 @@ from distill.backbone_record import RecordsBackbone
 from distill.backbones import check_max_length, load_backbone
 from distill.names import COSINE, DSE, DSE_HEAD, STUDENT_CONFIG
 
-CONFIG_NAME = STUDENT_CONFIG  # the old name: distill.multilingual still imports it from here
-
 
 class DSEHead(nn.Module):
     """MLP([u; v; u*v; |u-v|]) -> score in [0, 1] (Barkan et al., AAAI 2020, "Distilled Sentence Embedding").

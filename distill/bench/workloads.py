@@ -54,7 +54,7 @@ def read_inputs(source: str, label_range: tuple[float, float] | None, max_pairs:
 def _fill_from_tatoeba(pool: list[str], size: int, seen: set[str]) -> list[str]:
     """Larger pools: the English sides of the Tatoeba test sets (catalog), in code order, never a text twice."""
     from distill.languages import TATOEBA_CODES
-    from distill.multilingual import read_tatoeba
+    from distill.tatoeba import read_tatoeba
 
     pool = list(pool)
     for code in TATOEBA_CODES:

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from distill.backbone_record import tokenizer_hash
 from distill.backbones import cache_root
-from distill.checkpoints import tokenizer_hash
 
 
 def fingerprint(rows: Dataset) -> str:
