@@ -187,14 +187,18 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     return report
 
 
+def _parity(diff: float, folder: Path, what: str) -> dict[str, Any]:
+    """The fp32 ONNX file's largest difference from torch, refused above the tolerance (nothing is written)."""
+    if diff > ONNX_TOLERANCE:
+        raise ExportError(f"{folder / ONNX_FILE}: ONNX {what} differ from torch's by {diff:.2e} "
+                          f"(> {ONNX_TOLERANCE}); the folder was not written")
+    return {"onnx_max_abs_diff": float(f"{diff:.3g}")}
+
+
 def _student_onnx(student: Any, folder: Path, reference: torch.Tensor, int8: bool) -> dict[str, Any]:
     onnx_backend.export_onnx(student.encoder, student.tokenizer, folder / ONNX_FILE, "last_hidden_state")
     fp32 = onnx_backend.OnnxStudent(folder, ONNX_FILE, student.config)
-    diff = (fp32.encode(PROBES) - reference).abs().max().item()
-    if diff > ONNX_TOLERANCE:
-        raise ExportError(f"{folder / ONNX_FILE}: ONNX embeddings differ from torch's by {diff:.2e} "
-                          f"(> {ONNX_TOLERANCE}); the folder was not written")
-    checks: dict[str, Any] = {"onnx_max_abs_diff": float(f"{diff:.3g}")}
+    checks = _parity((fp32.encode(PROBES) - reference).abs().max().item(), folder, "embeddings")
     if int8:
         onnx_backend.quantize_int8(folder / ONNX_FILE, folder / INT8_FILE)
         q8 = onnx_backend.OnnxStudent(folder, INT8_FILE, student.config)
@@ -254,11 +258,7 @@ def _teacher_onnx(model: Any, tokenizer: Any, folder: Path, pairs: list[tuple[st
                   max_length: int, int8: bool) -> dict[str, Any]:
     onnx_backend.export_onnx(model, tokenizer, folder / ONNX_FILE, "logits")
     served = onnx_backend.OnnxCrossEncoder(folder, ONNX_FILE, max_length)
-    diff = float(abs(served.predict(pairs) - reference.numpy()).max())
-    if diff > ONNX_TOLERANCE:
-        raise ExportError(f"{folder / ONNX_FILE}: ONNX scores differ from torch's by {diff:.2e}; "
-                          f"the folder was not written")
-    checks: dict[str, Any] = {"onnx_max_abs_diff": float(f"{diff:.3g}")}
+    checks = _parity(float(abs(served.predict(pairs) - reference.numpy()).max()), folder, "scores")
     if int8:
         onnx_backend.quantize_int8(folder / ONNX_FILE, folder / INT8_FILE)
         q8 = onnx_backend.OnnxCrossEncoder(folder, INT8_FILE, max_length)
