@@ -112,12 +112,13 @@ class _Pipeline:
 
     def bench(self, teacher_ckpt: str, export_dir: str) -> dict[str, Any]:
         """6. what it buys: teacher vs student, both regimes, sentence-transformers on the same weights beside."""
-        small = (["--max_pairs", "60", "--n_candidates", "[10, 100]", "--queries", "2", "--repeats", "2",
-                  "--chunk_pairs", "30"] if self.smoke else [])
+        small = (["--max_pairs", "60", "--n_candidates", "[10, 100]", "--queries", "4", "--teacher_queries", "2",
+                  "--repeats", "2", "--chunk_pairs", "30", "--peers", "[all-MiniLM-L6-v2]"] if self.smoke else [])
         out = self.root / "bench"
         bench = run_verb(["bench", "--config", str(_configs() / names.BENCH_QUICKSTART), "--teacher", teacher_ckpt,
                           "--students", f"[{export_dir}]", "--out", str(out), *small])
-        keep = ("median", "spread", "verdict", "recall_at_10", "spearman_delta")
+        keep = ("median", "spread", "verdict", "target", "target_verdict", "recall_at_10", "spearman_delta",
+                "flop_ratio")
         return {"report": str(out / names.REPORT_JSON),
                 "ratios": {q["name"]: {k: q[k] for k in keep if k in q} for q in bench["ratios"]}}
 

@@ -21,7 +21,7 @@ def report(teacher_ckpt: str, student_ckpt: str, pair_files, tmp_path_factory: p
     bench(teacher=teacher_ckpt, students=[student_ckpt], out=str(out), pairs=pair_files["test"], label_range=(0, 5),
           backends=["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"], teacher_backends=["torch-fp32", "onnx-fp32"],
           n_candidates=[10, 50, 200], max_pairs=60, queries=3, repeats=2, chunk_pairs=25, teacher_max_n=50,
-          tatoeba=["deu"])
+          tatoeba=["deu"], floor_gemm_n=128)
     return {"dir": out, **json.loads((out / "report.json").read_text())}
 
 
@@ -40,6 +40,15 @@ def test_report_has_every_row_with_the_schema(report):
         assert r["spread"][0] <= r["throughput"] <= r["spread"][1]
         assert r["mode"] in ("cosine", "dse", "cross-encoder")  # DESIGN.md's vocabulary, as students log it
     assert {r["mode"] for r in rows if r["role"] == "student"} == {"cosine", "dse"}  # the student has a head
+    # the floor: each one-vs-n student row knows its work and its latency over the backend's measured GEMM rate
+    assert set(report["meta"]["floor"]["gflops"]) >= {"torch-fp32", "onnx-fp32", "onnx-int8"}
+    for r in rows:
+        if r["regime"] == "one-vs-n" and r["role"] in ("student", "st-student") and r["mode"] == "cosine":
+            assert r["query_tokens"] > 2 and r["query_gflop"] > 0 and r["floor_ms"] > 0, r
+            assert r["latency_over_floor"] == pytest.approx(r["p50_ms"] / r["floor_ms"], rel=0.01)
+    teacher = next(r for r in rows if r["role"] == "teacher" and r["regime"] == "one-vs-n" and r["n_candidates"] == 50)
+    student = next(r for r in rows if r["role"] == "student" and r["regime"] == "one-vs-n" and r["n_candidates"] == 50)
+    assert teacher["query_gflop"] > 40 * student["query_gflop"]  # 50 pairs of about twice the tokens
     assert (report["dir"] / "report.md").read_text().startswith("# distill bench")
     assert (report["dir"] / "pareto.png").stat().st_size > 10_000
 
@@ -118,6 +127,39 @@ def test_ratios_and_verdicts_of_a_hand_made_table():
                    "student vs teacher, unique pairs": (tie, 0.917, [0.5, 1.2])}
     int8 = next(q for q in ratios(rows) if q["name"].startswith("student ONNX int8"))
     assert int8["spearman_delta"] == pytest.approx(-0.05)
+
+
+def test_one_vs_n_ratios_have_their_direction_and_their_targets():
+    """Queries/s samples at N = 1000: student torch 100, ONNX int8 300, sentence-transformers 80, teacher torch 0.1,
+    teacher int8 0.25; each ratio is its numerator over its denominator (swapped, the targets would fail), and a
+    target is met or missed only when the whole spread is on one side."""
+    from distill.bench import ratios
+
+    def row(role: str, backend: str, samples: list[float], model: str = "m") -> dict:
+        return {"role": role, "model": model, "backend": backend, "regime": "one-vs-n", "n_candidates": 1000,
+                "mode": "cross-encoder" if "teacher" in role else "cosine", "samples": samples,
+                "throughput": samples[0], "value": 0.6, "query_gflop": 0.25 if "teacher" not in role else 500.0}
+
+    rows = [row("student", "torch-fp32", [100.0, 100.0]), row("student", "onnx-int8", [300.0, 240.0]),
+            row("st-student", "torch-fp32", [80.0, 125.0]), row("teacher", "torch-fp32", [0.1, 0.1]),
+            row("teacher", "onnx-int8", [0.25, 0.25]), row("peer", "torch-fp32", [30.0, 30.0], "all-mpnet-base-v2")]
+    got = {q["name"]: q for q in ratios(rows)}
+    st = got["one query vs 1000: student vs SentenceTransformer (encode + dot + top-k), queries/s"]
+    assert (st["median"], st["spread"], st["target_verdict"]) == (1.025, [0.8, 1.25], "borderline (spread overlaps "
+                                                                                       "the target)")
+    fast_st = got["one query vs 1000: student at its fastest (onnx-int8) vs SentenceTransformer on the same weights, "
+                  "queries/s"]
+    assert fast_st["spread"] == [1.92, 3.75] and fast_st["target_verdict"] == "borderline (spread overlaps the target)"
+    torch_teacher = got["one query vs 1000: student torch fp32 vs teacher torch fp32, queries/s"]
+    assert torch_teacher["median"] == 1000.0 and torch_teacher["target_verdict"] == "met"
+    assert torch_teacher["flop_ratio"] == 2000.0
+    fastest = got["one query vs 1000: student at its fastest (onnx-int8) vs teacher at its fastest (onnx-int8), "
+                  "queries/s"]
+    assert fastest["spread"] == [960.0, 1200.0] and fastest["target_verdict"] == "borderline (spread overlaps the " \
+                                                                                   "target)"
+    peer = got["one query vs 1000: student at its fastest (onnx-int8) vs all-mpnet-base-v2 (sentence-transformers), "
+               "queries/s"]
+    assert peer["median"] == 9.0 and peer["verdict"] == "win"
 
 
 def test_extrapolated_rows_are_a_pure_function_of_the_measured_rows():

@@ -23,6 +23,7 @@ import torch
 
 from distill import export as exporting
 from distill import names, onnx_backend, tracking
+from distill.bench.floor import gemm_gflops
 from distill.bench.report import (
     extrapolated_rows,
     in_report_order,
@@ -31,10 +32,12 @@ from distill.bench.report import (
     plot_pareto,
     ratios,
     skipped_row,
+    with_floors,
 )
 from distill.bench.runners import BACKENDS, BenchError, Runner, build_runners, prepare, skips
 from distill.bench.timing import RssSampler, machine, run_interleaved
 from distill.bench.workloads import ONE_VS_N, REGIMES, TOP_K, build_tasks, measured_rows, read_inputs, tatoeba_rows
+from distill.machine import bf16_reason
 
 __all__ = ["BACKENDS", "REGIMES", "TOP_K", "BenchError", "Runner", "RssSampler", "extrapolated_rows", "main",
            "markdown", "plot_pareto", "ratios"]
@@ -46,7 +49,8 @@ def main(teacher: str | None = None, students: list[str] | None = None, out: str
          label_range: tuple[float, float] | None = None, max_pairs: int | None = None, queries: int = 10,
          repeats: int = 5, batch_size: int = 32, chunk_pairs: int = 256, threads: int | None = None,
          baselines: bool = True, teacher_max_n: int = 1000, tatoeba: list[str] | None = None,
-         update_cards: bool = True, wandb_run: str | None = None) -> dict[str, Any]:
+         update_cards: bool = True, wandb_run: str | None = None, peers: list[str] | None = None,
+         floor_gemm_n: int = 1024, teacher_queries: int | None = None) -> dict[str, Any]:
     """Measure speed versus accuracy of a teacher and students (report.json, report.md, pareto.png).
 
     Args:
@@ -71,9 +75,16 @@ def main(teacher: str | None = None, students: list[str] | None = None, out: str
             accuracy of the students (xx->en and en->xx, 1 vs the language's up to 1000 sentences).
         update_cards: add the measured figures to exported folders' model cards.
         wandb_run: also log the tables and the Pareto plot to this W&B run (`entity/project/run_id`).
+        peers: models a user would pick instead, served by plain sentence-transformers in the same run (`role:
+            peer`), e.g. `[all-MiniLM-L6-v2, all-mpnet-base-v2]` (a backbone short name or a local folder).
+        floor_gemm_n: the square GEMM size whose rate, measured per backend, sets each row's floor (0: none).
+        teacher_queries: one-vs-n queries the teacher serves (default: all); each is N cross-encoder passes, so
+            fewer teacher queries let the students serve many (a stable spread) in the same time.
     """
     plan = Plan.checked(teacher, students, backends, teacher_backends, regimes, n_candidates, queries, repeats,
                         batch_size, chunk_pairs, threads, baselines, teacher_max_n)
+    if teacher_queries is not None and not 1 <= teacher_queries <= queries:
+        raise BenchError(f"teacher_queries={teacher_queries}: must be between 1 and queries={queries}")
     torch.set_num_threads(plan.threads)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,9 +92,13 @@ def main(teacher: str | None = None, students: list[str] | None = None, out: str
     sampler = RssSampler()
     base_rss = sampler.current()
     folders = prepare(teacher, students or [], out_dir, plan.backends, plan.teacher_backends)
-    rows, bitext = _measure(plan, folders, inputs, sampler, tatoeba or [])
+    rows, bitext = _measure(plan, folders, inputs, sampler, tatoeba or [], peers or [], teacher_queries)
+    gflops = _gemm_rates(plan, floor_gemm_n)
+    rows = with_floors(rows, gflops)
     report = {"meta": meta(inputs, machine(plan.threads), plan.repeats, plan.batch_size, plan.chunk_pairs, folders,
-                           base_rss, plan.teacher_max_n),
+                           base_rss, plan.teacher_max_n)
+              | {"floor": {"gemm_n": floor_gemm_n, "gflops": gflops}, "teacher_queries": teacher_queries or queries,
+                 "peers": peers or []},
               "rows": rows, "ratios": ratios(rows), "tatoeba": bitext}
     _write(report, out_dir, wandb_run)
     if update_cards:
@@ -142,13 +157,23 @@ class Plan:
         return plan
 
 
+def _gemm_rates(plan: Plan, n: int) -> dict[str, float]:
+    """Each backend's square-GEMM rate (GFLOP/s) on this machine, measured after the rows (same threads)."""
+    if n <= 0:
+        return {}
+    used = {"torch-fp32", *plan.backends, *plan.teacher_backends}  # torch fp32: sentence-transformers and peers
+    return {b: round(gemm_gflops(b, n, threads=plan.threads), 1) for b in BACKENDS if b in used
+            and not (b == "torch-bf16" and bf16_reason())}
+
+
 def _measure(plan: Plan, folders: dict[str, dict[str, Any]], inputs: dict[str, Any], sampler: RssSampler,
-             tatoeba: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+             tatoeba: list[str], peers: list[str],
+             teacher_queries: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time every task, interleaved; -> the report's rows (measured, extrapolated, skipped) and Tatoeba rows."""
     runners = build_runners(folders, plan.backends, plan.teacher_backends, plan.baselines, plan.threads,
-                            plan.batch_size, sampler)
+                            plan.batch_size, sampler, peers)
     tasks = build_tasks(runners, plan.regimes, plan.n_candidates, inputs, plan.chunk_pairs, plan.teacher_max_n,
-                        plan.repeats)
+                        plan.repeats, teacher_queries)
     run_interleaved(tasks, plan.repeats, sampler)
     measured = [row for task in tasks for row in measured_rows(task)]
     rows = in_report_order([*measured, *extrapolated_rows(measured, plan.n_candidates, plan.teacher_max_n)])

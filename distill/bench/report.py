@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import names
+from distill.bench.floor import floor_ms
 
 VERSIONS_OF = ("torch", "transformers", "onnxruntime", "sentence-transformers", "distill")
 NOTES = ["throughput: pairs/s (unique-pairs), queries/s (one-vs-n); medians over interleaved repeats, "
@@ -76,16 +77,24 @@ def _find(rows: list[dict[str, Any]], role: str, backend: str, regime: str, n: i
                  and not r.get("extrapolated_from")), None)
 
 
-def _ratio(name: str, num: dict | None, den: dict | None, **info: Any) -> list[dict[str, Any]]:
-    """num / den per repeat: median, [min, max] and a verdict that is only a win or loss outside the spread."""
+def _ratio(name: str, num: dict | None, den: dict | None, target: float | None = None,
+           **info: Any) -> list[dict[str, Any]]:
+    """num / den per repeat: median, [min, max] and a verdict that is only a win or loss outside the spread; with
+    a `target`, `target_verdict` is met / missed only when the whole spread is on one side of it."""
     if not num or not den:
         return []
     per = [a / b for a, b in zip(num["samples"], den["samples"]) if b]
     lo, hi, med = min(per), max(per), statistics.median(per)
     verdict = "win" if lo > 1 else "loss" if hi < 1 else "tie (spread overlaps 1.0)"
-    return [{"name": name, "median": round(med, 3), "spread": [round(lo, 3), round(hi, 3)],
-             "numerator": f"{num['role']} {num['backend']} {num['throughput']}",
-             "denominator": f"{den['role']} {den['backend']} {den['throughput']}", "verdict": verdict, **info}]
+    out = {"name": name, "median": round(med, 3), "spread": [round(lo, 3), round(hi, 3)],
+           "numerator": f"{num['role']} {num.get('model', '')} {num['backend']} {num['throughput']}",
+           "denominator": f"{den['role']} {den.get('model', '')} {den['backend']} {den['throughput']}",
+           "verdict": verdict,
+           **info}
+    if target is not None:
+        out.update(target=target, target_verdict="met" if lo >= target else "missed" if hi < target else
+                   "borderline (spread overlaps the target)")
+    return [out]
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,33 +105,66 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = _ratio("student encode vs SentenceTransformer.encode (unique pairs, throughput)",
                  s32, _find(rows, "st-student", "torch-fp32", up))
     out += _ratio("teacher vs CrossEncoder.predict (unique pairs, throughput)",
-                  _find(rows, "teacher", "torch-fp32", up), _find(rows, "st-teacher", "torch-fp32", up))
+                  _find(rows, "teacher", "torch-fp32", up), _find(rows, "st-teacher", "torch-fp32", up), target=1.0)
     if s32 and s8:
         delta = None if s8["value"] is None or s32["value"] is None else round(s8["value"] - s32["value"], 4)
-        out += _ratio("student ONNX int8 vs torch fp32 (unique pairs, throughput)", s8, s32, spearman_delta=delta)
+        out += _ratio("student ONNX int8 vs torch fp32 (unique pairs, throughput)", s8, s32, target=2.0,
+                      spearman_delta=delta)
     out += _ratio("student vs teacher, unique pairs (throughput)", s32, _find(rows, "teacher", "torch-fp32", up))
     for n in sorted({r["n_candidates"] for r in rows if r["regime"] == "one-vs-n" and r.get("samples")}):
         out += _one_vs_n_ratios(rows, n)
     return out
 
 
+def _fastest(rows: list[dict[str, Any]], role: str, n: int) -> dict[str, Any] | None:
+    """The measured one-vs-n row of `role` at N with the most queries/s (cosine for students)."""
+    own = [r for r in rows if r["role"] == role and r["regime"] == "one-vs-n" and r["n_candidates"] == n
+           and r.get("samples") and not r.get("extrapolated_from") and r["mode"] in (names.COSINE, names.CROSS_ENCODER)]
+    return max(own, key=lambda r: r["throughput"]) if own else None
+
+
 def _one_vs_n_ratios(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    q = f"one query vs {n}"
     student = _find(rows, "student", "torch-fp32", "one-vs-n", n, mode=names.COSINE)
-    out = _ratio(f"one query vs {n}: student vs SentenceTransformer (encode + dot + top-k), queries/s", student,
-                 _find(rows, "st-student", "torch-fp32", "one-vs-n", n))
-    teachers = [r for r in rows if r["role"] == "teacher" and r["regime"] == "one-vs-n" and r["n_candidates"] == n
-                and r.get("samples") and not r.get("extrapolated_from")]
-    if not teachers:
-        return out
-    fastest = max(teachers, key=lambda r: r["throughput"])
-    out += _ratio(f"one query vs {n}: student vs teacher at its fastest ({fastest['backend']}), queries/s", student,
-                  fastest, recall_at_10=student["value"] if student else None)
-    own = [r for r in rows if r["role"] == "student" and r["regime"] == "one-vs-n" and r["n_candidates"] == n
-           and r.get("samples") and r["mode"] == names.COSINE]
-    quickest = max(own, key=lambda r: r["throughput"]) if own else None
-    if quickest and quickest is not student:
-        out += _ratio(f"one query vs {n}: student at its fastest ({quickest['backend']}) vs teacher at its fastest "
-                      f"({fastest['backend']}), queries/s", quickest, fastest, recall_at_10=quickest["value"])
+    fastest, st = _fastest(rows, "student", n), _find(rows, "st-student", "torch-fp32", "one-vs-n", n)
+    out = _ratio(f"{q}: student vs SentenceTransformer (encode + dot + top-k), queries/s", student, st, target=1.0)
+    if fastest and fastest is not student:
+        out += _ratio(f"{q}: student at its fastest ({fastest['backend']}) vs SentenceTransformer on the same "
+                      f"weights, queries/s", fastest, st, target=2.0)
+    teacher32, teacher = _find(rows, "teacher", "torch-fp32", "one-vs-n", n), _fastest(rows, "teacher", n)
+    out += _ratio(f"{q}: student torch fp32 vs teacher torch fp32, queries/s", student, teacher32, target=500.0,
+                  recall_at_10=student["value"] if student else None, flop_ratio=_flop_ratio(teacher32, student))
+    if teacher:
+        out += _ratio(f"{q}: student vs teacher at its fastest ({teacher['backend']}), queries/s", student, teacher,
+                      recall_at_10=student["value"] if student else None)
+    if teacher and fastest:
+        out += _ratio(f"{q}: student at its fastest ({fastest['backend']}) vs teacher at its fastest "
+                      f"({teacher['backend']}), queries/s", fastest, teacher, target=1000.0,
+                      recall_at_10=fastest["value"], flop_ratio=_flop_ratio(teacher, fastest))
+    for peer in [r for r in rows if r["role"] == "peer" and r["regime"] == "one-vs-n" and r["n_candidates"] == n
+                 and r.get("samples")]:
+        out += _ratio(f"{q}: student at its fastest ({fastest['backend'] if fastest else '-'}) vs {peer['model']} "
+                      f"(sentence-transformers), queries/s", fastest, peer,
+                      recall_at_10=fastest["value"] if fastest else None, peer_recall_at_10=peer["value"])
+    return out
+
+
+def _flop_ratio(num: dict[str, Any] | None, den: dict[str, Any] | None) -> float | None:
+    if not num or not den or not num.get("query_gflop") or not den.get("query_gflop"):
+        return None
+    return round(num["query_gflop"] / den["query_gflop"], 1)
+
+
+def with_floors(rows: list[dict[str, Any]], gflops: dict[str, float]) -> list[dict[str, Any]]:
+    """Each row with a `query_gflop` gets its floor (that work at its backend's measured GEMM rate) and its
+    p50 latency as a multiple of it."""
+    out = []
+    for row in rows:
+        rate = gflops.get(row.get("backend") or "")
+        if row.get("query_gflop") and rate and row.get("p50_ms") is not None:
+            floor = floor_ms(row["query_gflop"] * 1e9, rate)
+            row = {**row, "floor_ms": float(f"{floor:.4g}"), "latency_over_floor": round(row["p50_ms"] / floor, 2)}
+        out.append(row)
     return out
 
 

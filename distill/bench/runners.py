@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from distill import export as exporting
-from distill import names, onnx_backend
+from distill import names, onnx_backend, serving
 from distill.bench.timing import RssSampler
 from distill.checkpoints import CheckpointError, read_checkpoint
 from distill.machine import bf16_reason
@@ -109,6 +109,9 @@ class Runner:
     load_mb: float
     encode: Callable[[list[str]], torch.Tensor] | None = None
     predict: Callable[[list[tuple[str, str]]], np.ndarray] | None = None
+    query: Callable[[str], torch.Tensor] | None = None  # one text -> (dim,): the one-vs-n latency path
+    encoder_config: dict[str, Any] | None = None  # hidden_size, intermediate_size, num_hidden_layers: the floor
+    count_tokens: Callable[..., int] | None = None  # tokens of one text (students) or one pair (teachers)
     modes: tuple[str, ...] = (names.CROSS_ENCODER,)
     head: Any = None
     normalized: bool = True
@@ -126,17 +129,6 @@ class Runner:
     def scoring_modes(self) -> tuple[str, ...]:
         # each scoring mode is its own row, timed alone: the DSE head costs an MLP pass per candidate, cosine a dot
         return (names.CROSS_ENCODER,) if self.predict is not None else self.modes
-
-
-class TorchEncoder:
-    """A student's `encode` in torch, fp32 or under bf16 autocast."""
-
-    def __init__(self, student: Any, batch_size: int, bf16: bool) -> None:
-        self.student, self.batch_size, self.bf16 = student, batch_size, bf16
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return self.student.encode(texts, batch_size=self.batch_size)
 
 
 class TorchCrossEncoder:
@@ -178,38 +170,65 @@ def _mb(folder: Path, files: list[str]) -> float:
     return round(sum((folder / f).stat().st_size for f in files if (folder / f).is_file()) / 1e6, 2)
 
 
+def _encoder_config(folder: Path) -> dict[str, Any]:
+    config = json.loads((folder / "config.json").read_text())
+    return {k: config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
+
+
 def student_runners(name: str, info: dict[str, Any], backends: list[str], baselines: bool, threads: int,
                     batch_size: int, sampler: RssSampler) -> list[Runner]:
-    """A student folder on each backend it can run on, then `st-student` (`SentenceTransformer.encode`)."""
-    from students import BiEncoder
-
+    """A student folder on each backend it can run on (`distill.serving`), then `st-student`
+    (`SentenceTransformer.encode` on the same folder)."""
     folder = Path(info["folder"])
     config = json.loads((folder / names.STUDENT_CONFIG).read_text())
-    student, load_mb = sampler.load(BiEncoder.from_pretrained, folder)
-    student.eval()
-    modes = (names.COSINE, names.DSE) if student.head is not None else (names.COSINE,)
+    head = None
+    if config.get("dse_head"):
+        from students import BiEncoder
+
+        head = BiEncoder.from_pretrained(folder).head.eval()
+    modes = (names.COSINE, names.DSE) if head is not None else (names.COSINE,)
     torch_mb = _mb(folder, [TORCH_WEIGHTS, names.DSE_HEAD])
+    shape = _encoder_config(folder)
     runners = []
     for backend in backends:
         if skip_reason(info, backend):
             continue
-        common = dict(role="student", model=name, backend=backend, modes=modes, head=student.head,
-                      normalized=config["normalize"])
-        if backend.startswith("torch"):
-            encode = TorchEncoder(student, batch_size, backend == "torch-bf16")
-            runners.append(Runner(**common, size_mb=torch_mb, load_mb=load_mb, encode=encode))
-        else:
-            served, mb = sampler.load(onnx_backend.OnnxStudent, folder, onnx_file(backend), config, threads)
-            runners.append(Runner(**common, size_mb=_mb(folder, [onnx_file(backend), names.DSE_HEAD]), load_mb=mb,
-                                  encode=functools.partial(served.encode, batch_size=batch_size)))
+        server, mb = sampler.load(serving.load, folder, backend, threads)
+        size = torch_mb if backend.startswith("torch") else _mb(folder, [onnx_file(backend), names.DSE_HEAD])
+        runners.append(Runner(role="student", model=name, backend=backend, modes=modes, head=head,
+                              normalized=config["normalize"], size_mb=size, load_mb=mb,
+                              encode=functools.partial(server.encode, batch_size=batch_size), query=server.query,
+                              encoder_config=shape, count_tokens=lambda t, s=server: len(s.ids(t))))
     if baselines:
-        from sentence_transformers import SentenceTransformer
-
-        st, mb = sampler.load(SentenceTransformer, str(folder), device="cpu")
-        runners.append(Runner(role="st-student", model=name, backend="torch-fp32", size_mb=torch_mb, load_mb=mb,
-                              modes=(names.COSINE,), normalized=config["normalize"],
-                              encode=functools.partial(st.encode, batch_size=batch_size, convert_to_tensor=True)))
+        runners.append(st_runner("st-student", name, str(folder), batch_size, sampler, torch_mb))
     return runners
+
+
+def st_runner(role: str, name: str, folder: str, batch_size: int, sampler: RssSampler, size_mb: float) -> Runner:
+    """A folder served by plain sentence-transformers (`encode`; one query is `encode(text)`): the `st-student`
+    baseline on a student's own weights, or a `peer` a user would pick instead."""
+    from sentence_transformers import SentenceTransformer
+
+    st, mb = sampler.load(SentenceTransformer, folder, device="cpu")
+    tokenizer = st.tokenizer
+    normalized = any(type(m).__name__ == "Normalize" for m in st)
+    return Runner(role=role, model=name, backend="torch-fp32", size_mb=size_mb, load_mb=mb, modes=(names.COSINE,),
+                  normalized=normalized,
+                  encode=functools.partial(st.encode, batch_size=batch_size, convert_to_tensor=True),
+                  query=functools.partial(st.encode, convert_to_tensor=True),
+                  encoder_config=_encoder_config(Path(folder)),
+                  count_tokens=lambda t: len(tokenizer(t, truncation=True, max_length=st.max_seq_length)["input_ids"]))
+
+
+def peer_runners(peers: list[str], batch_size: int, sampler: RssSampler) -> list[Runner]:
+    """The models a user would pick instead, served by plain sentence-transformers (`role: peer`)."""
+    from distill.backbones import resolve
+
+    out = []
+    for peer in peers:
+        folder = Path(resolve(peer))
+        out.append(st_runner("peer", peer, str(folder), batch_size, sampler, _mb(folder, [TORCH_WEIGHTS])))
+    return out
 
 
 def teacher_runners(name: str, info: dict[str, Any], backends: list[str], baselines: bool, threads: int,
@@ -218,6 +237,11 @@ def teacher_runners(name: str, info: dict[str, Any], backends: list[str], baseli
     folder = Path(info["folder"])
     report = folder / names.EXPORT_REPORT
     max_length = json.loads(report.read_text())["config"]["max_length"] if report.is_file() else DEFAULT_MAX_LENGTH
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    shape = dict(encoder_config=_encoder_config(folder), count_tokens=lambda a, b: len(
+        tokenizer(a, b, truncation=True, max_length=max_length)["input_ids"]))
     runners = []
     for backend in backends:
         if skip_reason(info, backend):
@@ -229,7 +253,8 @@ def teacher_runners(name: str, info: dict[str, Any], backends: list[str], baseli
             served, mb = sampler.load(onnx_backend.OnnxCrossEncoder, folder, onnx_file(backend), max_length, threads)
             predict = functools.partial(served.predict, batch_size=batch_size)
             size = _mb(folder, [onnx_file(backend)])
-        runners.append(Runner(role="teacher", model=name, backend=backend, size_mb=size, load_mb=mb, predict=predict))
+        runners.append(Runner(role="teacher", model=name, backend=backend, size_mb=size, load_mb=mb, predict=predict,
+                              **shape))
     if baselines:
         from sentence_transformers import CrossEncoder
 
@@ -240,9 +265,10 @@ def teacher_runners(name: str, info: dict[str, Any], backends: list[str], baseli
 
 
 def build_runners(folders: dict[str, dict[str, Any]], backends: list[str], teacher_backends: list[str],
-                  baselines: bool, threads: int, batch_size: int, sampler: RssSampler) -> list[Runner]:
-    """Every model × backend to time, each model followed by its sentence-transformers baseline."""
-    runners = []
+                  baselines: bool, threads: int, batch_size: int, sampler: RssSampler,
+                  peers: list[str] | None = None) -> list[Runner]:
+    """Every model × backend to time, each model followed by its sentence-transformers baseline, then the peers."""
+    runners = peer_runners(peers or [], batch_size, sampler)
     for name, info in folders.items():
         if info["role"] == "student":
             runners += student_runners(name, info, backends, baselines, threads, batch_size, sampler)

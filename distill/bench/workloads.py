@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from distill import names
+from distill.bench.floor import forward_flops
 from distill.bench.runners import BenchError, Runner
 from distill.bench.timing import Timings, timed
 from distill.languages import iso
@@ -125,6 +127,7 @@ class OneVsNTask:
     repeats: int
     teacher_top: dict[tuple[int, int], set[int]]
     is_reference: bool
+    teacher_queries: int | None = None  # a teacher serves only the first ones (each is N cross-encoder passes)
     regime: str = field(default=ONE_VS_N, init=False)
     top: dict[int, set[int]] = field(default_factory=dict, init=False)  # query -> this task's top k
     candidate_encode_s: float | None = field(default=None, init=False)
@@ -134,24 +137,34 @@ class OneVsNTask:
         """The queries served in a repeat."""
         n_queries = len(self.inputs["queries"])
         if self.runner.predict is not None:
+            n_queries = min(self.teacher_queries or n_queries, n_queries)
             return [i for i in range(n_queries) if i % self.repeats == repeat]
         return list(range(n_queries))
 
     def candidates(self) -> torch.Tensor:
-        """The first N candidates' embeddings, encoded once per runner and N (shared by its scoring modes)."""
+        """The first N candidates' embeddings, encoded once per runner and N (shared by its scoring modes); unit
+        length for cosine, so a query is scored by one matrix-vector product."""
         if self.n not in self.runner.candidates:
             embeddings, seconds = timed(self.runner.encode, self.inputs["pool"][:self.n])
-            self.runner.candidates[self.n] = (embeddings, round(seconds, 4))
+            if not self.runner.normalized:
+                embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+            self.runner.candidates[self.n] = (embeddings.float().contiguous(), round(seconds, 4))
         self.candidate_encode_s = self.runner.candidates[self.n][1]
         return self.runner.candidates[self.n][0]
 
     def answer(self, i: int) -> set[int]:
-        q, pool = self.inputs["queries"][i], self.inputs["pool"][:self.n]
+        q = self.inputs["queries"][i]
         if self.runner.predict is not None:
-            s = torch.as_tensor(self.runner.predict([(q, c) for c in pool]))
-        else:
-            s = self.runner.score(self.runner.encode([q]), self.candidates(), self.mode)
+            s = torch.as_tensor(self.runner.predict([(q, c) for c in self.inputs["pool"][:self.n]]))
+        elif self.mode == names.DSE:
+            s = self.runner.score(self._query(q)[None], self.candidates(), self.mode)
+        else:  # one query, one matrix-vector product (a student's DSE head is not run for cosine)
+            u = self._query(q)
+            s = self.candidates() @ (u if self.runner.normalized else torch.nn.functional.normalize(u, dim=-1))
         return set(torch.topk(s, min(TOP_K, self.n)).indices.tolist())
+
+    def _query(self, text: str) -> torch.Tensor:
+        return self.runner.query(text) if self.runner.query is not None else self.runner.encode([text])[0]
 
     def work(self, repeat: int) -> list[float]:
         latencies = []
@@ -180,29 +193,46 @@ class OneVsNTask:
         return [(self.mode, "recall@10_vs_teacher", float(np.mean(hits)) if hits else None)]
 
     def extra(self) -> dict[str, Any]:
-        return {} if self.candidate_encode_s is None else {"candidate_encode_s": self.candidate_encode_s}
+        out = {} if self.candidate_encode_s is None else {"candidate_encode_s": self.candidate_encode_s}
+        return out | self.work_per_query()
+
+    def work_per_query(self) -> dict[str, Any]:
+        """The median query's tokens and forward-pass GFLOP (the teacher: its N pairs), for the floor."""
+        r, queries = self.runner, self.inputs["queries"]
+        if r.encoder_config is None or r.count_tokens is None:
+            return {}
+        if r.predict is None:
+            tokens = sorted(r.count_tokens(q) for q in queries)[len(queries) // 2]
+            return {"query_tokens": tokens, "query_gflop": round(forward_flops(r.encoder_config, tokens) / 1e9, 4)}
+        pool = self.inputs["pool"][:self.n]
+        flops = sorted(sum(forward_flops(r.encoder_config, r.count_tokens(q, c)) for c in pool)
+                       for q in queries[:3])  # the teacher's cost hardly varies with the query: three suffice
+        return {"query_gflop": round(flops[len(flops) // 2] / 1e9, 3)}
 
 
 Task = PairsTask | OneVsNTask
 
 
 def build_tasks(runners: list[Runner], regimes: list[str], ns: list[int], inputs: dict[str, Any], chunk: int,
-                teacher_max_n: int, repeats: int) -> list[Task]:
+                teacher_max_n: int, repeats: int, teacher_queries: int | None = None) -> list[Task]:
     """Every (runner, scoring mode, regime, N) to time; above `teacher_max_n` the teacher is not run (its rows
-    are extrapolated afterwards, `report.extrapolated_rows`), and the teacher baseline only on unique pairs."""
+    are extrapolated afterwards, `report.extrapolated_rows`), the teacher baseline only on unique pairs, and the
+    peers only on one query against the largest N (what a user picking a model compares)."""
     tasks: list[Task] = []
     if UNIQUE_PAIRS in regimes:
         chunks = [slice(i, i + chunk) for i in range(0, len(inputs["a"]), chunk)]
-        tasks += [PairsTask(runner, mode, inputs, chunks) for runner in runners for mode in runner.scoring_modes()]
+        tasks += [PairsTask(runner, mode, inputs, chunks) for runner in runners if runner.role != "peer"
+                  for mode in runner.scoring_modes()]
     if ONE_VS_N in regimes:
         teacher_top: dict[tuple[int, int], set[int]] = {}
         reference = next((r for r in runners if r.role == "teacher"), None)
         for n in ns:
             for runner in runners:
-                if runner.role == "st-teacher" or (runner.predict is not None and n > teacher_max_n):
+                if runner.role == "st-teacher" or (runner.predict is not None and n > teacher_max_n) or (
+                        runner.role == "peer" and n != max(ns)):
                     continue
-                tasks += [OneVsNTask(runner, mode, inputs, n, repeats, teacher_top, runner is reference)
-                          for mode in runner.scoring_modes()]
+                tasks += [OneVsNTask(runner, mode, inputs, n, repeats, teacher_top, runner is reference,
+                                     teacher_queries) for mode in runner.scoring_modes()]
     return tasks
 
 
