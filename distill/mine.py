@@ -151,16 +151,8 @@ def main(
         batch_size: texts per forward pass while encoding.
         seed: seed of the sampling.
     """
-    problems = [f"{name}={value} (expected >= {low})" for name, value, low in
-                (("top_k_neighbours", top_k_neighbours, 0), ("n_spread", n_spread, 0), ("n_negatives", n_negatives, 1),
-                 ("skip_top", skip_top, 0), ("batch_size", batch_size, 1))
-                if value < low]
-    if mode == "groups" and positives is None:
-        problems.append("mode=groups needs --positives, a pair file of (query, positive) pairs")
-    if mode == "pairs" and top_k_neighbours + n_spread == 0:
-        problems.append("top_k_neighbours + n_spread is 0: nothing to mine")
-    if problems:
-        raise ValueError(f"distill mine: {'; '.join(problems)}")
+    _check_options(mode, positives, top_k_neighbours=top_k_neighbours, n_spread=n_spread, n_negatives=n_negatives,
+                   skip_top=skip_top, batch_size=batch_size)
     if ckpt_path:
         load_student_weights(student, ckpt_path)
     texts = pool_texts(sentences)
@@ -169,10 +161,7 @@ def main(
     rng = random.Random(seed)
     with torch.inference_mode():
         emb = torch.nn.functional.normalize(student.encode(texts, batch_size=batch_size), dim=-1)  # (N, dim)
-    excluded = set()
-    for source in exclude or []:
-        rows, _ = read_pairs(source, label_column=None)
-        excluded |= {frozenset((normalise(a), normalise(b))) for a, b in zip(rows["text_a"], rows["text_b"])}
+    excluded = _pair_set(exclude or [])
     if mode == "pairs":
         frame = _silver_pairs(texts, emb, top_k_neighbours, n_spread, excluded, rng)
         if max_pairs is not None and len(frame) > max_pairs:
@@ -183,6 +172,28 @@ def main(
     print(f"mine: {len(frame)} {'pairs' if mode == 'pairs' else 'rows in groups'} from {len(texts)} sentences "
           f"-> {path}")
     return path
+
+
+def _check_options(mode: str, positives: str | None, **counts: int) -> None:
+    """One error naming every option out of range."""
+    lows = {"n_negatives": 1, "batch_size": 1}
+    problems = [f"{name}={value} (expected >= {lows.get(name, 0)})" for name, value in counts.items()
+                if value < lows.get(name, 0)]
+    if mode == "groups" and positives is None:
+        problems.append("mode=groups needs --positives, a pair file of (query, positive) pairs")
+    if mode == "pairs" and counts["top_k_neighbours"] + counts["n_spread"] == 0:
+        problems.append("top_k_neighbours + n_spread is 0: nothing to mine")
+    if problems:
+        raise ValueError(f"distill mine: {'; '.join(problems)}")
+
+
+def _pair_set(sources: list[str]) -> set[frozenset]:
+    """The pairs of these files, either order, normalised: never to be written again."""
+    pairs: set[frozenset] = set()
+    for source in sources:
+        rows, _ = read_pairs(source, label_column=None)
+        pairs |= {frozenset((normalise(a), normalise(b))) for a, b in zip(rows["text_a"], rows["text_b"])}
+    return pairs
 
 
 def _silver_pairs(texts: list[str], emb: Tensor, k: int, n_spread: int, excluded: set, rng: random.Random

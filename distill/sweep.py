@@ -98,19 +98,25 @@ def main(
     samples = sample(sweep, count, seed)
     fit_args = fit_argv(command)
     check_parameters(fit_args, list(parameters), extra=_extra(backbone, args))
-    results = []
     root = Path(out) if out else Path(tempfile.mkdtemp(prefix="distill-sweep-"))
-    for i, params in enumerate(samples):
-        agent_command = agent_command_line(sweep, params)
-        result: dict[str, Any] = {"params": params, "command": agent_command}
-        print(f"[{i + 1}/{len(samples)}] {shlex.join(agent_command)}", flush=True)
-        if dry_run:
-            result.update(dry_run_one(agent_command, root / f"run-{i}", metric, backbone, args or [],
-                                      use_ddp=i >= len(samples) - ddp, timeout=timeout))
-            print(f"    ok: {metric['name'] if metric else 'no metric'} = {result['metric']} "
-                  f"({'2-process DDP, ' if result['ddp'] else ''}W&B run {result['run_dir']})", flush=True)
-        results.append(result)
-    return results
+    dry = {"root": root, "metric": metric, "backbone": backbone, "args": args or [], "ddp": ddp,
+           "timeout": timeout} if dry_run else None
+    return [_one_sample(sweep, params, i, len(samples), dry) for i, params in enumerate(samples)]
+
+
+def _one_sample(sweep: dict[str, Any], params: dict[str, Any], i: int, count: int,
+                dry: dict[str, Any] | None) -> dict[str, Any]:
+    """The agent's command for one parameter set, and its 2-step dry run when asked for."""
+    agent_command = agent_command_line(sweep, params)
+    result: dict[str, Any] = {"params": params, "command": agent_command}
+    print(f"[{i + 1}/{count}] {shlex.join(agent_command)}", flush=True)
+    if dry is not None:
+        metric = dry["metric"]
+        result.update(dry_run_one(agent_command, dry["root"] / f"run-{i}", metric, dry["backbone"], dry["args"],
+                                  use_ddp=i >= count - dry["ddp"], timeout=dry["timeout"]))
+        print(f"    ok: {metric['name'] if metric else 'no metric'} = {result['metric']} "
+              f"({'2-process DDP, ' if result['ddp'] else ''}W&B run {result['run_dir']})", flush=True)
+    return result
 
 
 def sample(sweep: dict[str, Any], count: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -117,6 +117,20 @@ def interleaved_wholes(paths: dict[str, Callable[[str], Any]], queries: list[str
             for name, v in per_repeat.items()}
 
 
+def onnx_nodes(folder: Path) -> dict[str, dict[str, Any]]:
+    """Operators per ONNX graph in the folder: the fused graph's size, and its fused operators."""
+    import collections
+
+    import onnx
+
+    out = {}
+    for path in sorted((folder / "onnx").glob("*.onnx")):
+        ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+        out[path.name] = {"nodes": sum(ops.values()), "fused": {k: ops[k] for k in (
+            "Attention", "QAttention", "SkipLayerNormalization", "BiasGelu") if ops[k]}}
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Where one query's time goes (1 query vs 1,000 pre-encoded candidates)", "",
              f"Machine: {describe(report['machine'])}; {report['threads']} threads; {report['queries']} STS-B test "
@@ -131,6 +145,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## {path}: stage by stage", "", "| stage | ms |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in stages.items()]
         lines.append("")
+    if report.get("onnx_nodes"):
+        lines += ["ONNX graphs served (operators; fused ones): " + "; ".join(
+            f"`{k}` {v['nodes']} ({v['fused']})" for k, v in report["onnx_nodes"].items()), ""]
     return "\n".join(lines)
 
 
@@ -166,6 +183,7 @@ def main() -> None:
         wholes[f"after: {backend} (distill.serving)"] = lambda q, s=server: index.search(s.query(q), 10)[1].tolist()
     wholes["sentence-transformers encode + dot + top-10"] = st_path(folder, cands)
     report["whole"] = interleaved_wholes(wholes, queries, args.repeats)
+    report["onnx_nodes"] = onnx_nodes(folder)
     write_atomic(Path(args.out) / "report.json", json.dumps(report, indent=2))
     write_atomic(Path(args.doc), markdown(report))
     print(markdown(report))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import WORDS, sentence
+
 from distill import names, serving
 from distill.bench.floor import floor_ms, forward_flops, gemm_flops, gemm_gflops
 from distill.bench.report import with_floors
