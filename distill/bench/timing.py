@@ -31,7 +31,7 @@ class RssSampler:
     On Linux the kernel's own high-water mark is reset on entry (`/proc/self/clear_refs`) and read on exit
     (`VmHWM`), so nothing runs beside the timed code; elsewhere a thread samples /proc every 50 ms. (A sampler
     thread waking every few ms preempts one of the intra-op threads, and a one-query forward waits for its
-    slowest thread: it added ~30 % to a 10 ms query on 2 cores.)
+    slowest thread.)
     """
 
     def __init__(self) -> None:
