@@ -246,3 +246,23 @@ def test_a_missing_backend_names_the_extra(student_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     with pytest.raises(ImportError, match=r"pip install 'distill\[export\]'"):
         bench(students=[student_ckpt], out=str(tmp_path), backends=["onnx-int8"])
+
+
+def test_bf16_without_native_support_is_a_skipped_row_with_its_reason(monkeypatch, tmp_path):
+    from distill.bench import runners
+    from distill.bench.report import skipped_row
+
+    monkeypatch.setattr(runners, "bf16_reason", lambda: "this CPU lacks native bf16 (avx512_bf16/amx_bf16)")
+    folders = {"student": {"role": "student", "folder": str(tmp_path)}}
+    skipped = runners.skips(folders, ["torch-fp32", "torch-bf16"], [])
+    assert skipped == [("student", "student", "torch-bf16", "this CPU lacks native bf16 (avx512_bf16/amx_bf16)")]
+    row = skipped_row(*skipped[0])
+    assert row["throughput"] is None and row["skipped"].startswith("this CPU lacks native bf16")
+
+
+def test_a_candidate_pool_smaller_than_n_is_refused(pair_files, monkeypatch):
+    from distill.bench import workloads
+
+    monkeypatch.setattr(workloads, "_fill_from_tatoeba", lambda pool, size, seen: pool)  # no Tatoeba to top it up
+    with pytest.raises(BenchError, match=r"n_candidates asks for 100000 candidates; only \d+ sentences exist"):
+        workloads.read_inputs(pair_files["test"], (0, 5), None, queries=2, pool_size=100_000)
