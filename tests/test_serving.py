@@ -31,6 +31,14 @@ def folder(tiny_backbone: str, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """serving.load(threads=N) sets torch's process-wide pool: restore it, or later tests train on fewer cores."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     rng = random.Random(3)
@@ -44,7 +52,7 @@ def test_every_backend_serves_what_the_student_encodes(folder, texts, backend):
     if serving.skip_reason(backend):
         pytest.skip(serving.skip_reason(backend))
     reference = BiEncoder.from_pretrained(folder).encode(texts)
-    server = serving.load(folder, backend, threads=1)
+    server = serving.load(folder, backend)  # threads=None: torch's one global pool stays as the suite set it
     one = torch.stack([server.query(t) for t in texts])  # unpadded, no mask
     batch = server.encode(texts, batch_size=5)  # padded batches, longest first
     for got in (one, batch):
