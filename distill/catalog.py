@@ -38,7 +38,14 @@ from distill.catalog_formats import (  # noqa: F401 - CatalogError is part of th
     _stsb,
     _stsb_mt,
 )
-from distill.languages import FLORES_CODES, STSB_LANGUAGES, TATOEBA_CHALLENGE_CODES, TATOEBA_CODES, XQUAD_LANGUAGES
+from distill.languages import (
+    FLORES_CODES,
+    STSB_LANGUAGES,
+    TATOEBA_CHALLENGE_CODES,
+    TATOEBA_CODES,
+    XQUAD_LANGUAGES,
+    iso,
+)
 
 
 @dataclass(frozen=True)
@@ -337,3 +344,27 @@ def licence(source: str) -> str:
     if source.startswith("hf:"):
         return f"see the Hub card of {source[3:].split(':')[0]}"
     return f"{source}: a local file; its own terms apply"
+
+
+#: ISO 639-1 -> the Tatoeba (LASER) file code, from the one language table; Tatoeba codes are accepted as they are
+TATOEBA_BY_ISO = {iso(code): code for code in reversed(TATOEBA_CODES) if iso(code) != code}
+
+
+def tatoeba_code(lang: str) -> str:
+    """ISO 639-1 (`de`) or Tatoeba code (`deu`) -> the file code of the catalog's `tatoeba/<code>`; unknown codes
+    are a `CatalogError` with the close matches."""
+    code = TATOEBA_BY_ISO.get(lang, lang)
+    if code not in TATOEBA_CODES:
+        close = difflib.get_close_matches(lang, [*TATOEBA_BY_ISO, *TATOEBA_CODES], n=4, cutoff=0.5)
+        raise CatalogError(f"tatoeba: unknown language code {lang!r}"
+                           f"{'; close matches: ' + ', '.join(close) if close else ''}; use an ISO 639-1 code "
+                           f"({', '.join(TATOEBA_BY_ISO)}) or one of the {len(TATOEBA_CODES)} Tatoeba codes "
+                           f"({', '.join(TATOEBA_CODES[:8])}, ...)")
+    return code
+
+
+def read_tatoeba(lang: str) -> tuple[list[str], list[str]]:
+    """(sentences in `lang`, their English translations), line-aligned: the LASER Tatoeba test set (catalog
+    `tatoeba/<code>`, <= 1000 lines), read by `distill test`'s Tatoeba evaluation, `distill bench` and `trim`."""
+    rows = load(f"tatoeba/{tatoeba_code(lang)}").rows
+    return list(rows["translation"]), list(rows["source"])

@@ -60,8 +60,8 @@ def tatoeba_accuracy(encode: Any, languages: list[str], max_sentences: int | Non
     `encode(texts) -> (n, dim)` embeds sentences; a query is right when its own translation is the nearest of the
     corpus by cosine (the LASER test protocol, ≤ 1000 sentences per language; ties count as wrong).
     """
+    from distill.catalog import read_tatoeba
     from distill.languages import iso
-    from distill.tatoeba import read_tatoeba
 
     out = {}
     for lang in languages:
@@ -90,7 +90,7 @@ class MultilingualEvaluation(Callback):
 
     def __init__(self, tatoeba: list[str] | None = None, max_sentences: int | None = None,
                  batch_size: int = 64) -> None:
-        from distill.tatoeba import tatoeba_code
+        from distill.catalog import tatoeba_code
 
         for lang in tatoeba or []:
             tatoeba_code(lang)  # an unknown code fails at start-up, not after the test loop

@@ -6,7 +6,7 @@ the translation of row i of `en`, which equals STS-B. So a translated pair (a_de
 `lang_b` and `pivot_id` (the English pair's `pair_id`), and the score cache is joined on `pivot_id`
 (DESIGN.md "Data contracts"), so one teacher pass over English pairs teaches every language. Embedding-level
 distillation adds a frozen teacher bi-encoder's embeddings of the English sentences (`teacher_embeddings`).
-Tatoeba (evaluation only) is `distill.tatoeba`'s.
+Tatoeba (evaluation only) is read by `distill.catalog.read_tatoeba`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from distill import catalog, multilingual, tatoeba
+from distill import catalog, multilingual
 from distill.data import DataError, read_pairs, read_texts
 from distill.trim_vocab import TrimError, pieces, raw_backend, unknown_id
 
@@ -89,8 +89,8 @@ def evaluation_sets(languages: list[str]) -> dict[str, list[str]]:
             sets[f"stsb_multi_mt/test/{lang}"] = frame.text_a.tolist() + frame.text_b.tolist()
         if lang != multilingual.PIVOT:  # Tatoeba pairs xx with English; an English set would be that side again
             try:
-                xx, en = tatoeba.read_tatoeba(lang)
-            except DataError:
+                xx, en = catalog.read_tatoeba(lang)
+            except catalog.CatalogError:
                 if lang in multilingual.STSB_LANGUAGES:
                     continue
                 raise TrimError(f"eval_languages: {lang!r} is neither an stsb_multi_mt language "

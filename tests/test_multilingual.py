@@ -20,7 +20,6 @@ from distill.evaluation import language_table, tatoeba_accuracy
 from distill.losses import EmbeddingMSE, ScoreRegression
 from distill.multilingual import eval_pairs, pivot_pairs, read_stsb_mt
 from distill.score_cache import CacheError
-from distill.tatoeba import tatoeba_code
 
 
 def test_pivot_pairs_point_every_language_at_the_english_pair() -> None:
@@ -54,9 +53,9 @@ def test_eval_pairs_name_sets_and_pair_translations_with_english() -> None:
 def test_bad_language_codes_and_misaligned_translations_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.init_args.languages: unknown language code\(s\) \['xx'\]"):
         pivot_pairs(["de", "xx"])
-    with pytest.raises(DataError, match="unknown language code 'qq'"):
-        tatoeba_code("qq")
-    assert tatoeba_code("zh") == "cmn" and tatoeba_code("swe") == "swe"
+    with pytest.raises(catalog.CatalogError, match="unknown language code 'qq'"):
+        catalog.tatoeba_code("qq")
+    assert catalog.tatoeba_code("zh") == "cmn" and catalog.tatoeba_code("swe") == "swe"
     source, copy = catalog.data_root() / "stsb_multi_mt", tmp_path / "stsb_multi_mt"
     copy.mkdir()
     for lang in ("en", "de"):
@@ -87,7 +86,7 @@ def test_embedding_mse_and_score_range_by_hand() -> None:
 
 def test_tatoeba_accuracy_counts_translations_found_first() -> None:
     # a perfect encoder for this test: each sentence's vector is its line number in its own file
-    from distill.tatoeba import read_tatoeba
+    from distill.catalog import read_tatoeba
 
     xx, en = read_tatoeba("de")
     index = {t: i for i, t in enumerate(xx[:50])} | {t: i for i, t in enumerate(en[:50])}

@@ -55,8 +55,8 @@ def read_inputs(source: str, label_range: tuple[float, float] | None, max_pairs:
 
 def _fill_from_tatoeba(pool: list[str], size: int, seen: set[str]) -> list[str]:
     """Larger pools: the English sides of the Tatoeba test sets (catalog), in code order, never a text twice."""
+    from distill.catalog import read_tatoeba
     from distill.languages import TATOEBA_CODES
-    from distill.tatoeba import read_tatoeba
 
     pool = list(pool)
     for code in TATOEBA_CODES:
@@ -252,14 +252,13 @@ def measured_rows(task: Task) -> list[dict[str, Any]]:
 
 def tatoeba_rows(runners: list[Runner], langs: list[str]) -> list[dict[str, Any]]:
     """Bitext retrieval (accuracy@1 and nDCG@10, one relevant sentence) for each student runner."""
-    from distill import data
-    from distill.tatoeba import read_tatoeba, tatoeba_code
+    from distill.catalog import CatalogError, read_tatoeba, tatoeba_code
 
     out = []
     for lang in langs:
         try:
             xx, en = read_tatoeba(lang)
-        except data.DataError as err:
+        except CatalogError as err:
             raise BenchError(str(err)) from None
         code = iso(tatoeba_code(lang))  # ISO 639-1 in keys and reports, as `distill test` logs them (DESIGN.md)
         for runner in runners:
