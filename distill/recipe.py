@@ -9,7 +9,6 @@ machine description every report carries, and the verbs run in-process exactly a
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from unittest import mock
 
 from distill import names
 from distill.machine import machine
+from distill.outdir import write_text_atomic as write_atomic
 
 
 class TimeCapReached(RuntimeError):
@@ -44,14 +44,6 @@ def cache_complete(folder: Path) -> bool:
     """Whether a score cache folder holds a finished cache (its manifest says so)."""
     manifest = folder / names.MANIFEST
     return manifest.is_file() and json.loads(manifest.read_text()).get("complete", False)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so a kill never leaves half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Recipe:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 
 from distill.cache_keys import CHUNK, hash64, make_pair_id, text_keys_of
+from distill.outdir import write_text_atomic
 
 FORMAT_VERSION = 1  # shards gained the `key` and `text_key` columns without a bump: older readers ignore them
 
@@ -68,9 +69,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # per process: concurrent runs never share one temp file
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def shard_name(start: int, end: int) -> str:
