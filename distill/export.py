@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
-from distill import catalog, onnx_backend, outdir, tracking
+from distill import catalog, onnx_backend, outdir, serving, tracking
 from distill.checkpoints import load_model, read_checkpoint
 from distill.names import (
     COSINE,
@@ -197,11 +197,11 @@ def _parity(diff: float, folder: Path, what: str) -> dict[str, Any]:
 
 def _student_onnx(student: Any, folder: Path, reference: torch.Tensor, int8: bool) -> dict[str, Any]:
     onnx_backend.export_onnx(student.encoder, student.tokenizer, folder / ONNX_FILE, "last_hidden_state")
-    fp32 = onnx_backend.OnnxStudent(folder, ONNX_FILE, student.config)
+    fp32 = serving.OnnxServer(folder, student.config, ONNX_FILE, None)  # what `distill.serving` will serve
     checks = _parity((fp32.encode(PROBES) - reference).abs().max().item(), folder, "embeddings")
     if int8:
         onnx_backend.quantize_int8(folder / ONNX_FILE, folder / INT8_FILE)
-        q8 = onnx_backend.OnnxStudent(folder, INT8_FILE, student.config)
+        q8 = serving.OnnxServer(folder, student.config, INT8_FILE, None)
         pairs = _dev_pairs()
         rho = {}
         for name, enc in (("fp32", fp32), ("int8", q8)):

@@ -146,48 +146,6 @@ def session(path: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxStudent:
-    """A distill student served by ONNX Runtime: tokenise, run the encoder graph, pool and normalise in numpy.
-
-    Args:
-        folder: an exported student folder (`distill export --onnx`).
-        file: the graph inside it (`onnx/model.onnx` or `onnx/model_qint8.onnx`).
-        config: the student's options (`distill_student.json`: pooling, normalize, max_seq_length, prefix).
-        threads: ONNX Runtime intra-op threads.
-    """
-
-    def __init__(self, folder: Path, file: str, config: dict[str, Any], threads: int | None = None) -> None:
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.config = config
-        self.names = input_names(self.tokenizer)
-        self.session = session(folder / file, threads)
-
-    def encode(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Embeddings (len(texts), dim) float32, sorted by length inside to cut padding."""
-        cfg = self.config
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        parts: list[np.ndarray] = []
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            enc = self.tokenizer([cfg["prefix"] + texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=cfg["max_seq_length"], return_tensors="np")
-            hidden = self.session.run(None, {n: enc[n].astype(np.int64) for n in self.names})[0]
-            if cfg["pooling"] == "cls":
-                emb = hidden[:, 0]
-            else:
-                mask = enc["attention_mask"][..., None].astype(hidden.dtype)
-                emb = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
-            if cfg["normalize"]:
-                emb = emb / np.clip(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12, None)
-            parts.append(emb)
-        out = np.empty((len(texts), parts[0].shape[-1]), dtype=np.float32) if parts else np.empty((0, 0), np.float32)
-        if parts:
-            out[order] = np.concatenate(parts)
-        return torch.from_numpy(out)
-
-
 class OnnxCrossEncoder:
     """A cross-encoder graph (`logits`) served by ONNX Runtime; scores are the sigmoid of the logit."""
 

@@ -57,12 +57,12 @@ def test_dse_head_loads_with_torch_only(exported: Path, student_ckpt: str):
 
 
 def test_onnx_fp32_matches_torch_and_int8_is_checked(exported: Path, student_ckpt: str):
+    from distill import serving
     from distill.checkpoints import load_model
-    from distill.onnx_backend import OnnxStudent
 
     _, student, _ = load_model(student_ckpt)
     config = json.loads((exported / STUDENT_CONFIG).read_text())
-    got = OnnxStudent(exported, ONNX_FILE, config).encode(PROBES)
+    got = serving.OnnxServer(exported, config, ONNX_FILE, None).encode(PROBES)
     assert (got - student.encode(PROBES)).abs().max() <= 1e-4
     assert (exported / INT8_FILE).stat().st_size < (exported / ONNX_FILE).stat().st_size
     checks = json.loads((exported / EXPORT_REPORT).read_text())["checks"]

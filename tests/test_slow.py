@@ -89,11 +89,11 @@ def test_real_minilm_student_exports_for_production(tmp_path):
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from distill import serving
     from distill.checkpoints import load_model
     from distill.export import PROBES
     from distill.export import main as export
     from distill.names import ONNX_FILE, STUDENT_CONFIG
-    from distill.onnx_backend import OnnxStudent
 
     train = _slice(tmp_path / "s.csv", 0, 200)
     with mock.patch("sys.argv", ["distill"]):
@@ -107,7 +107,7 @@ def test_real_minilm_student_exports_for_production(tmp_path):
     reference = student.encode(PROBES)
     st = SentenceTransformer(str(folder), device="cpu").encode(PROBES, convert_to_tensor=True)
     assert torch.nn.functional.cosine_similarity(st, reference).min() >= 0.9999
-    onnx = OnnxStudent(folder, ONNX_FILE, json.loads((folder / STUDENT_CONFIG).read_text())).encode(PROBES)
+    onnx = serving.OnnxServer(folder, json.loads((folder / STUDENT_CONFIG).read_text()), ONNX_FILE, None).encode(PROBES)
     assert (onnx - reference).abs().max() <= 1e-4
     checks = json.loads((folder / "export_report.json").read_text())["checks"]
     print(f"real MiniLM export checks: {checks}")
