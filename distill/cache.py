@@ -6,8 +6,6 @@ by index and written as soon as they are scored, so a rerun recomputes only shar
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +18,6 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
-from distill import outdir
 from distill.cache_join import ScoreCache, join_caches  # noqa: F401 - re-exported: callers read caches from here
 from distill.checkpoints import check_fits, read_checkpoint
 from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize, tokenizer_fingerprint
@@ -29,11 +26,13 @@ from distill.score_cache import (  # noqa: F401 - the format's names are re-expo
     FORMAT_VERSION,
     CacheError,
     apply_transform,
+    open_cache,
     read_manifest,
     sha256_file,
     shard_name,
     shard_ok,
     stored_text_keys,
+    verified_shards,
     write_json_atomic,
     write_shard,
 )
@@ -120,11 +119,6 @@ def data_fingerprint(data: PairDataModule, split: str, rows: Dataset) -> dict[st
             "label_range": list(data.label_ranges.get(split) or []) or None}
 
 
-def _differing(old: dict, new: dict, prefix: str) -> list[str]:
-    return [f"{prefix}.{k} ({old.get(k)!r} != {new.get(k)!r})" for k in new
-            if k not in ("checkpoint",) and old.get(k) != new.get(k)]
-
-
 def main(
     teacher: pl.LightningModule,
     data: PairDataModule,
@@ -164,7 +158,7 @@ def main(
     rows = data.rows(split)
     expected = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher, ckpt_path),
                 "data": data_fingerprint(data, split, rows)}
-    old = _open(directory, expected, overwrite, ckpt_path)
+    old = open_cache(directory, expected, overwrite, "distill cache", keep=[Path(ckpt_path)])
     shards = [(s, min(s + shard_size, len(rows))) for s in range(0, len(rows), shard_size)]
     pair_ids = rows["pair_id"]
     known = {s["file"]: s["sha256"] for s in (old or {}).get("shards", [])}
@@ -181,7 +175,8 @@ def main(
         _score(trainer, teacher, rows, split, ShardBatchSampler(shards, todo, batch_size))
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        write_json_atomic(directory / MANIFEST, {**expected, "shards": _verified(directory, shards, pair_ids),
+        shards_listed = verified_shards(directory, shards, pair_ids, "`distill cache`")
+        write_json_atomic(directory / MANIFEST, {**expected, "shards": shards_listed,
                                                  "complete": True})
         print(f"cache: {len(rows)} pairs in {len(shards)} shards ({len(todo)} scored now) -> {directory}")
     return directory
@@ -198,38 +193,3 @@ def _score(trainer: pl.Trainer, teacher: pl.LightningModule, rows: Dataset, spli
         trainer.predict(teacher, dataloaders=loader, return_predictions=False)
     except SIGTERMException as err:  # finished shards stay on disk and verify: a rerun resumes from them
         raise Preempted(stopped_message("cache", trainer)) from err
-
-
-def _open(directory: Path, expected: dict[str, Any], overwrite: bool, ckpt_path: str) -> dict[str, Any] | None:
-    """The manifest of the cache to resume (None: none, or --overwrite, which first deletes the old cache);
-    a cache made by another teacher or for other data is refused, naming the differing fields."""
-    manifest_path = directory / MANIFEST
-    old = read_manifest(manifest_path) if manifest_path.is_file() and not overwrite else None
-    if old is not None:
-        diffs = _differing(old["teacher"], expected["teacher"], "teacher") + _differing(
-            old["data"], expected["data"], "data")
-        if diffs:
-            raise CacheError(f"{directory} holds a cache made differently: {'; '.join(diffs)}. Use another --out, "
-                             f"or --overwrite to replace it")
-    # DDP workers started by Lightning's launcher rerun this function later: only the first process deletes
-    first_process = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    if overwrite and directory.exists() and first_process:
-        try:  # only a folder this verb wrote (its manifest), never the current folder or the checkpoint's
-            outdir.check_out(directory, MANIFEST, "distill cache", overwrite=True, keep=[Path(ckpt_path)])
-        except outdir.OutDirError as err:
-            raise CacheError(str(err)) from None
-        print(f"WARNING: --overwrite: replacing the cache in {directory}")
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    return old
-
-
-def _verified(directory: Path, shards: list[tuple[int, int]], pair_ids: list[str]) -> list[dict[str, Any]]:
-    """The manifest's shard list, each shard read back and checksummed after scoring."""
-    listed = []
-    for s, e in shards:
-        path = directory / shard_name(s, e)
-        if not shard_ok(path, pair_ids[s:e], None):
-            raise CacheError(f"{path}: missing or unreadable after scoring; re-run `distill cache` to resume")
-        listed.append({"file": path.name, "start": s, "end": e, "rows": e - s, "sha256": sha256_file(path)})
-    return listed

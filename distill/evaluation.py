@@ -54,6 +54,27 @@ def compute_sets(sets: Mapping[str, SpearmanByMode],
     return {name: metric.compute() for (name, metric), seen in zip(sets.items(), counts.tolist()) if seen > 0}
 
 
+def bitext_retrieval(queries: Tensor, corpus: Tensor, top_k: int = 10) -> dict[str, float]:
+    """Query i's translation is corpus row i: accuracy@1 and nDCG@top_k of finding it by cosine.
+
+    A translation ties with another candidate only if that candidate scores exactly as high; ties count against
+    the query (rank = the number of other candidates scoring at least as high), so a degenerate encoder that maps
+    everything to one vector scores 0, not 1. The one implementation behind `distill test`'s Tatoeba and FLORES
+    metrics and `distill bench`'s Tatoeba rows.
+    """
+    sims = torch.nn.functional.normalize(queries.float(), dim=-1) @ torch.nn.functional.normalize(
+        corpus.float(), dim=-1).T
+    rank = (sims >= sims.diagonal().unsqueeze(1)).sum(1) - 1  # 0 = the translation alone is first
+    ndcg = torch.where(rank < top_k, 1 / torch.log2(rank.float() + 2), torch.zeros_like(rank, dtype=torch.float))
+    return {"accuracy": (rank == 0).float().mean().item(), f"ndcg@{top_k}": ndcg.mean().item()}
+
+
+def _both_directions(encode: Any, name: str, xx: list[str], en: list[str] | Tensor) -> dict[str, float]:
+    ex = encode(xx)
+    ee = en if isinstance(en, Tensor) else encode(en)
+    return {f"{name}-en": bitext_retrieval(ex, ee)["accuracy"], f"en-{name}": bitext_retrieval(ee, ex)["accuracy"]}
+
+
 def tatoeba_accuracy(encode: Any, languages: list[str], max_sentences: int | None = None) -> dict[str, float]:
     """Bitext retrieval accuracy on Tatoeba, both directions: `de-en` (German query, English corpus) and `en-de`.
 
@@ -68,41 +89,99 @@ def tatoeba_accuracy(encode: Any, languages: list[str], max_sentences: int | Non
         xx, en = read_tatoeba(lang)
         if max_sentences:
             xx, en = xx[:max_sentences], en[:max_sentences]
-        name = iso(lang)  # metric keys in ISO 639-1 whatever code the caller used (`deu`, `de`)
-        ex = torch.nn.functional.normalize(encode(xx).float(), dim=-1)
-        ee = torch.nn.functional.normalize(encode(en).float(), dim=-1)
-        for key, q, c in ((f"{name}-en", ex, ee), (f"en-{name}", ee, ex)):
-            sims = q @ c.T
-            out[key] = (sims.argmax(1) == torch.arange(len(q))).float().mean().item()
+        # metric keys in ISO 639-1 whatever code the caller used (`deu`, `de`)
+        out.update(_both_directions(encode, iso(lang), xx, en))
+    return out
+
+
+def flores_code(lang: str) -> str:
+    """ISO 639-1 (`de`) or FLORES code (`deu_Latn`) -> the FLORES code of catalog `flores200/<code>/<split>`;
+    an unknown code is a one-line error with the close matches."""
+    import difflib
+
+    from distill.catalog import CatalogError
+    from distill.languages import FLORES_CODES, iso
+
+    if lang in FLORES_CODES:
+        return lang
+    by_iso = {iso(c): c for c in reversed(FLORES_CODES)}
+    if lang in by_iso:
+        return by_iso[lang]
+    close = difflib.get_close_matches(lang, [*by_iso, *FLORES_CODES], n=4, cutoff=0.5)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise CatalogError(f"flores200: unknown language code {lang!r}{hint}"
+                       f"; use an ISO 639-1 code or a FLORES code ({', '.join(FLORES_CODES[:6])}, ...)")
+
+
+def translation_accuracy(encode: Any, languages: list[str], split: str = "devtest",
+                         max_sentences: int | None = None) -> dict[str, float]:
+    """Translation retrieval accuracy on FLORES-200 `split` (`dev` or `devtest`), both directions per language
+    (`de-en`: German queries against the English sentences, `en-de` the reverse); the English side, the same
+    lines in every language, is embedded once."""
+    from distill.catalog import load
+    from distill.languages import iso
+
+    english: Tensor | None = None
+    out = {}
+    for lang in languages:
+        rows = load(f"flores200/{flores_code(lang)}/{split}").rows
+        xx, en = list(rows["translation"]), list(rows["source"])
+        if max_sentences:
+            xx, en = xx[:max_sentences], en[:max_sentences]
+        if english is None:
+            english = encode(en)
+        out.update(_both_directions(encode, iso(flores_code(lang)), xx, english))
     return out
 
 
 class MultilingualEvaluation(Callback):
-    """After `distill test`: Tatoeba retrieval for `tatoeba` languages (logged as `test/tatoeba_acc/de-en` and
-    `test/tatoeba_acc/en-de`, DESIGN.md) and a per-language table of every test metric, written as
+    """Retrieval metrics beside the per-language STS ones: Tatoeba after `distill test` (logged as
+    `test/tatoeba_acc/de-en`, `test/tatoeba_acc/en-de`, DESIGN.md); FLORES-200 translation retrieval at the end of
+    every validation (`val/translation_acc/de-en` on `dev`, averaged into `val/translation_acc`) and of the test
+    (`test/translation_acc/de-en` on `devtest`); and a per-language table of every test metric, written as
     `multilingual.json` / `multilingual.md` in the run's log folder and logged to W&B when it is on.
 
     Args:
         tatoeba: languages (ISO 639-1 or Tatoeba codes) for bitext retrieval, trained on or not.
         max_sentences: sentences per Tatoeba language (all ≤ 1000 by default).
         batch_size: encoding batch size.
+        flores: languages (ISO 639-1 or FLORES codes) for translation retrieval on FLORES `devtest` (test).
+        flores_val: languages for translation retrieval on FLORES `dev` after each validation (model choices;
+            keep FLORES `dev` out of the training data then).
+        flores_val_sentences: lines of FLORES `dev` per validation language (the first N; all 997 by default).
     """
 
     def __init__(self, tatoeba: list[str] | None = None, max_sentences: int | None = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, flores: list[str] | None = None, flores_val: list[str] | None = None,
+                 flores_val_sentences: int | None = None) -> None:
         from distill.catalog import tatoeba_code
 
         for lang in tatoeba or []:
             tatoeba_code(lang)  # an unknown code fails at start-up, not after the test loop
+        for lang in [*(flores or []), *(flores_val or [])]:
+            flores_code(lang)
         self.tatoeba, self.max_sentences, self.batch_size = list(tatoeba or []), max_sentences, batch_size
+        self.flores, self.flores_val = list(flores or []), list(flores_val or [])
+        self.flores_val_sentences = flores_val_sentences
+
+    def _encode(self, pl_module: pl.LightningModule) -> Callable[[list[str]], Tensor]:
+        student = pl_module.student
+        return lambda texts: student.encode(texts, batch_size=self.batch_size)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.flores_val or trainer.sanity_checking:
+            return
+        values = translation_accuracy(self._encode(pl_module), self.flores_val, "dev", self.flores_val_sentences)
+        pl_module.log_dict({f"val/translation_acc/{k}": v for k, v in values.items()})
+        pl_module.log("val/translation_acc", sum(values.values()) / len(values))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.tatoeba:
-            return
-        student = pl_module.student
-        values = tatoeba_accuracy(lambda texts: student.encode(texts, batch_size=self.batch_size), self.tatoeba,
-                                  self.max_sentences)
-        pl_module.log_dict({f"test/tatoeba_acc/{k}": v for k, v in values.items()})
+        if self.tatoeba:
+            values = tatoeba_accuracy(self._encode(pl_module), self.tatoeba, self.max_sentences)
+            pl_module.log_dict({f"test/tatoeba_acc/{k}": v for k, v in values.items()})
+        if self.flores:
+            values = translation_accuracy(self._encode(pl_module), self.flores, "devtest")
+            pl_module.log_dict({f"test/translation_acc/{k}": v for k, v in values.items()})
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -116,7 +195,6 @@ class MultilingualEvaluation(Callback):
         from distill import tracking
 
         tracking.log_table("test/multilingual", table)
-
 
 def language_table(metrics: dict[str, float], split: str = "test") -> list[dict[str, Any]]:
     """`{split}/{metric}/{lang}` values -> one row per language or language pair, a column per metric."""

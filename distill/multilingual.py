@@ -11,7 +11,6 @@ Tatoeba (evaluation only) is read by `distill.catalog.read_tatoeba`.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -162,67 +161,6 @@ def eval_pairs(languages: list[str], cross: list[str], split: str, max_pairs: in
     return Dataset.from_list(rows)
 
 
-def load_encoder(model: str, prefix: str = "") -> Any:
-    """A bi-encoder to embed with: a student checkpoint (.ckpt), a student or exported folder (its own prefix),
-    or a backbone short name / folder (with `prefix`, mean pooling, normalised)."""
-    from distill.names import STUDENT_CONFIG
-    from students import BiEncoder
-
-    path = Path(model)
-    if path.suffix == ".ckpt":
-        from distill.checkpoints import load_model
-
-        kind, encoder, _ = load_model(path)
-        if kind != "student":
-            raise DataError(f"{model} is a {kind} checkpoint; teacher embeddings need a bi-encoder (a student "
-                            f"checkpoint or folder, or a backbone)")
-        return encoder
-    if (path / STUDENT_CONFIG).is_file():
-        return BiEncoder.from_pretrained(path)
-    return BiEncoder(backbone=model, prefix=prefix)
-
-
-def _identity(model: str) -> str:
-    """What names a teacher's embeddings on disk: the path plus the size and time of its weight files."""
-    from distill import backbones
-
-    path = Path(model)
-    if not path.exists():
-        # a short name (multilingual-e5-small) lives in a folder that `prepare --fp16` may re-make: key by its files
-        try:
-            path = Path(backbones.resolve(model))
-        except FileNotFoundError:
-            pass  # loading it names what is missing
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) \
-        if path.is_dir() else []
-    return model + "|" + "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-
-
-def teacher_embeddings(model: str, sentences: list[str], prefix: str = "", batch_size: int = 64) -> dict[str, Any]:
-    """Embeddings of unique `sentences` by a frozen teacher bi-encoder, computed once and kept on disk
-    (`DISTILL_HOME/embeddings/`, named by the teacher and the texts), as {sentence: vector (numpy)}."""
-    import hashlib
-
-    import torch
-
-    from distill.backbones import cache_root
-
-    unique = sorted(set(sentences))
-    key = hashlib.sha256(f"{_identity(model)}|{prefix}|".encode() + "\x1f".join(unique).encode()).hexdigest()[:24]
-    file = cache_root() / "embeddings" / f"{key}.pt"
-    if file.is_file():
-        vectors = torch.load(file, map_location="cpu", weights_only=True)
-    else:
-        encoder = load_encoder(model, prefix)
-        print(f"teacher embeddings: encoding {len(unique)} source sentences with {model}", flush=True)
-        vectors = encoder.encode(unique, batch_size=batch_size)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".partial{os.getpid()}")
-        torch.save(vectors, tmp)
-        tmp.rename(file)  # atomic: DDP ranks racing here write the same content
-    return dict(zip(unique, vectors.numpy()))
-
-
 class MultilingualDataModule(PairDataModule):
     """Cross-lingual pair-score distillation data from stsb_multi_mt (DESIGN.md: `lang_a`, `lang_b`, `pivot_id`).
 
@@ -247,6 +185,9 @@ class MultilingualDataModule(PairDataModule):
         teacher_embeddings: a frozen bi-encoder for embedding-level KD: a student checkpoint or folder, or a
             backbone (e.g. `multilingual-e5-small` with `teacher_embeddings_prefix: "query: "`).
         teacher_embeddings_prefix: input prefix for a backbone given as `teacher_embeddings`.
+        teacher_embeddings_dir: where the teacher's vectors are cached (`distill.embedding_cache`: manifest,
+            shards, resumable; one made by another teacher or for other sentences is refused); default: a
+            folder under `DISTILL_HOME/embeddings` named by the teacher and the sentences.
         (the rest): as `PairDataModule` (its train, val, test and label_range are fixed here); `cache_dir` is the
             teacher's score cache over the English pivot pairs (STS-B train).
     """
@@ -264,6 +205,7 @@ class MultilingualDataModule(PairDataModule):
         max_test_pairs: int | None = None,
         teacher_embeddings: str | None = None,
         teacher_embeddings_prefix: str = "",
+        teacher_embeddings_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         # **kwargs: PairDataModule's other arguments, which jsonargparse reads from its signature (cache_dir, ...)
@@ -303,21 +245,37 @@ class MultilingualDataModule(PairDataModule):
         return rows
 
     def _teacher_vectors(self, rows: Dataset) -> dict[str, Any]:
+        from distill.embedding_cache import teacher_vectors
+
         hp = self.hparams
-        return teacher_embeddings(hp.teacher_embeddings, list(rows["src_a"]) + list(rows["src_b"]),
-                                  hp.teacher_embeddings_prefix,
-                                  hp.eval_batch_size)
+        return teacher_vectors(hp.teacher_embeddings, list(rows["src_a"]) + list(rows["src_b"]),
+                               hp.teacher_embeddings_prefix, hp.teacher_embeddings_dir, hp.eval_batch_size)
 
     def prepare_data(self) -> None:
         super().prepare_data()
-        # rank 0 computes; setup on every rank reads the file
+        # rank 0 computes; setup on every rank reads the cache
         if self.hparams.teacher_embeddings and self._stage() == "fit":
             self._teacher_vectors(self.rows("train"))
 
+    def with_teacher_vectors(self, rows: Dataset) -> Dataset:
+        """Training rows with the teacher's vectors of their English sources (`t_a`, `t_b`), when configured."""
+        if not self.hparams.teacher_embeddings:
+            return rows
+        vectors = self._teacher_vectors(rows)
+        self._check_width(len(next(iter(vectors.values()))))
+        rows = rows.add_column("t_a", [vectors[t] for t in rows["src_a"]])
+        return rows.add_column("t_b", [vectors[t] for t in rows["src_b"]])
+
+    def _check_width(self, width: int) -> None:
+        # the student's width, where a trainer's model says it: a mismatch fails here, before any step
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        encoder = getattr(getattr(model, "student", None), "encoder", None)
+        size = getattr(getattr(encoder, "config", None), "hidden_size", None)
+        if size is not None and size != width:
+            raise DataError(f"data.init_args.teacher_embeddings={self.hparams.teacher_embeddings!r} gives "
+                            f"{width}-d vectors but the student's are {size}-d; EmbeddingMSE needs one width: use a "
+                            f"teacher bi-encoder of the student's width")
+
     def build(self, split: str) -> Dataset:
         rows = super().build(split)
-        if split == "train" and self.hparams.teacher_embeddings:
-            vectors = self._teacher_vectors(rows)
-            rows = rows.add_column("t_a", [vectors[t] for t in rows["src_a"]])
-            rows = rows.add_column("t_b", [vectors[t] for t in rows["src_b"]])
-        return rows
+        return self.with_teacher_vectors(rows) if split == "train" else rows

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset
 
+from distill import outdir
 from distill.cache_keys import CHUNK, hash64, make_pair_id, text_keys_of
+from distill.names import MANIFEST
 from distill.outdir import write_text_atomic
 
 FORMAT_VERSION = 1  # shards gained the `key` and `text_key` columns without a bump: older readers ignore them
@@ -117,3 +120,56 @@ def stored_text_keys(rows: Dataset) -> np.ndarray:
         keys[i:i + n][np.array(hashed, bool)] = 0
         i += n
     return keys
+
+
+def differing(old: dict, new: dict, prefix: str) -> list[str]:
+    """`prefix.key (old != new)` for every key of `new` whose value `old` does not share (the checkpoint path is
+    no identity: its checksum is)."""
+    return [f"{prefix}.{k} ({old.get(k)!r} != {new.get(k)!r})" for k in new
+            if k not in ("checkpoint",) and old.get(k) != new.get(k)]
+
+
+def open_cache(directory: Path, expected: dict[str, Any], overwrite: bool, verb: str,
+               keep: list[Path] | None = None) -> dict[str, Any] | None:
+    """The manifest of the cache in `directory` to resume (None: none yet, or `overwrite`, which first deletes
+    the old cache); a cache made by another teacher or for other data is refused, naming the differing fields.
+
+    Shared by the score cache (`distill cache`) and the teacher-embedding cache (`distill.embedding_cache`).
+
+    Args:
+        directory: the cache folder (created).
+        expected: the manifest's `teacher` and `data` as they would be written now.
+        overwrite: replace whatever cache the folder holds instead of refusing.
+        verb: what writes the cache, for messages (`distill cache`).
+        keep: paths being read while writing (a checkpoint): a folder holding one is never deleted.
+    """
+    manifest_path = directory / MANIFEST
+    old = read_manifest(manifest_path) if manifest_path.is_file() and not overwrite else None
+    if old is not None:
+        diffs = differing(old["teacher"], expected["teacher"], "teacher") + differing(
+            old["data"], expected["data"], "data")
+        if diffs:
+            raise CacheError(f"{directory} holds a cache made differently: {'; '.join(diffs)}. Use another "
+                             f"directory, or overwrite it ({verb} --overwrite)")
+    # DDP workers started by Lightning's launcher rerun the verb later: only the first process deletes
+    first_process = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if overwrite and directory.exists() and first_process:
+        try:  # only a folder a cache writer made (its manifest), never the current folder or a file being read
+            outdir.check_out(directory, MANIFEST, verb, overwrite=True, keep=keep)
+        except outdir.OutDirError as err:
+            raise CacheError(str(err)) from None
+        print(f"WARNING: --overwrite: replacing the cache in {directory}")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return old
+
+
+def verified_shards(directory: Path, shards: list[tuple[int, int]], ids: list[str], verb: str) -> list[dict[str, Any]]:
+    """The manifest's shard list, each shard read back and checksummed after writing."""
+    listed = []
+    for s, e in shards:
+        path = directory / shard_name(s, e)
+        if not shard_ok(path, ids[s:e], None):
+            raise CacheError(f"{path}: missing or unreadable after writing; re-run {verb} to resume")
+        listed.append({"file": path.name, "start": s, "end": e, "rows": e - s, "sha256": sha256_file(path)})
+    return listed

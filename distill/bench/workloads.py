@@ -18,6 +18,7 @@ from distill import names
 from distill.bench.floor import forward_flops
 from distill.bench.runners import BenchError, Runner
 from distill.bench.timing import Timings, timed
+from distill.evaluation import bitext_retrieval
 from distill.languages import iso
 
 UNIQUE_PAIRS, ONE_VS_N = "unique-pairs", "one-vs-n"
@@ -267,13 +268,5 @@ def tatoeba_rows(runners: list[Runner], langs: list[str]) -> list[dict[str, Any]
             ex, ee = runner.encode(xx), runner.encode(en)
             for direction, q, c in ((f"{code}-en", ex, ee), (f"en-{code}", ee, ex)):
                 out.append({"model": runner.model, "backend": runner.backend, "direction": direction, "n": len(c),
-                            **_bitext_retrieval(q, c)})
+                            **{k: round(v, 4) for k, v in bitext_retrieval(q, c, TOP_K).items()}})
     return out
-
-
-def _bitext_retrieval(q: torch.Tensor, c: torch.Tensor) -> dict[str, float]:
-    """Query i's translation is candidate i: accuracy@1 and nDCG@10 of finding it."""
-    sims = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
-    rank = (sims > sims.diagonal().unsqueeze(1)).sum(1)  # 0 = the translation is first
-    ndcg = torch.where(rank < TOP_K, 1 / torch.log2(rank.float() + 2), torch.zeros_like(rank.float()))
-    return {"accuracy": round((rank == 0).float().mean().item(), 4), "ndcg@10": round(ndcg.mean().item(), 4)}
