@@ -1,5 +1,6 @@
 """Cross-encoder teachers: (text_a, text_b) -> score."""
 
 from teachers.cross_encoder import CrossEncoder
+from teachers.folder import FolderCrossEncoder
 
-__all__ = ["CrossEncoder"]
+__all__ = ["CrossEncoder", "FolderCrossEncoder"]
