@@ -1,5 +1,6 @@
-"""Bi-encoder students: text -> embedding (+ optional DSE pair head)."""
+"""Students: bi-encoders (text -> embedding, + optional DSE pair head) and static token-table encoders."""
 
 from students.bi_encoder import BiEncoder, DSEHead
+from students.static import StaticStudent
 
-__all__ = ["BiEncoder", "DSEHead"]
+__all__ = ["BiEncoder", "DSEHead", "StaticStudent"]
