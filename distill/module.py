@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from distill.evaluation import SpearmanByMode, compute_sets
-from distill.losses import ScoreRegression
+from distill.losses import Matryoshka2D, ScoreRegression
+from distill.losses.matryoshka import resolve_points
 from distill.losses.score_regression import check_weight
 from distill.names import COSINE
 from distill.optim import adamw_with_warmup
-from students import BiEncoder
+from students import BiEncoder, StaticStudent
 
 
 class DistillModule(pl.LightningModule):
@@ -29,7 +30,8 @@ class DistillModule(pl.LightningModule):
     `--model.init_args.objectives.teacher_mse.init_args.weight=0.7`. Each term is logged as `train/{name}`.
 
     Args:
-        student: the bi-encoder being trained (`students.BiEncoder`).
+        student: the student being trained (`students.BiEncoder`, or `students.StaticStudent`: token vectors,
+            mean-pooled, no attention; give it a larger `lr`, e.g. 0.05).
         objectives: name -> objective (`distill.losses`); default: gold-label regression only.
         lr: peak learning rate of the encoder.
         head_lr: peak learning rate of the DSE head (randomly initialised, so it needs a larger one).
@@ -41,7 +43,7 @@ class DistillModule(pl.LightningModule):
 
     def __init__(
         self,
-        student: BiEncoder,
+        student: BiEncoder | StaticStudent,
         objectives: dict[str, nn.Module] | None = None,
         lr: float = 2e-5,
         head_lr: float = 1e-3,
@@ -66,6 +68,16 @@ class DistillModule(pl.LightningModule):
             except ValueError:  # set after construction (e.g. by a sweep): name this objective's key
                 raise ValueError(f"model.init_args.objectives.{name}.init_args.weight is {objective.weight!r}; "
                                  f"expected a finite number >= 0") from None
+        # name -> resolved (layers, dims) points of each Matryoshka2D objective, checked against the student now
+        self._points: dict[str, list[tuple[int, int]]] = {}
+        for name, objective in self.objectives.items():
+            if isinstance(objective, Matryoshka2D):
+                if not hasattr(student, "embed_points"):
+                    raise ValueError(f"model.init_args.objectives.{name} is a Matryoshka2D, which needs a transformer "
+                                     f"student's layers (students.BiEncoder); remove it for a "
+                                     f"{type(student).__name__}")
+                self._points[name] = resolve_points(objective.points, student.depth, student.width,
+                                                    f"model.init_args.objectives.{name}.init_args.points")
         if all(o.weight == 0 for o in self.objectives.values()):
             raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
         self.val_metrics = SpearmanByMode(student.modes)
@@ -143,33 +155,45 @@ class DistillModule(pl.LightningModule):
             self._memo.update({unique[i]: e for i, e in zip(todo, emb)})
         return torch.stack([self._memo[k] for k in keys])
 
-    def _encode_group(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        # the query and its candidates in one forward pass (the collator pads them to one width)
-        size = batch["q_input_ids"].shape[0]
-        emb = self.student(torch.cat([batch["q_input_ids"], batch["c_input_ids"]]),
-                           torch.cat([batch["q_attention_mask"], batch["c_attention_mask"]]))
+    def _group_view(self, emb: Tensor, size: int, scores: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        # the queries' then the candidates' embeddings, from one forward pass (the collator pads them to one width)
         query, candidates = emb[:size], emb[size:].view(size, -1, emb.shape[-1])  # (B, dim), (B, 1 + k, dim)
         n = candidates.shape[1]
-        flat = self.student.scores(query.unsqueeze(1).expand(-1, n, -1).reshape(size * n, -1),
-                                   candidates.reshape(size * n, -1))
+        flat = scores(query.unsqueeze(1).expand(-1, n, -1).reshape(size * n, -1), candidates.reshape(size * n, -1))
         return query, candidates, {mode: s.view(size, n) for mode, s in flat.items()}  # mode -> (B, 1 + k)
+
+    def _view(self, emb: Tensor, queries: int, grouped: bool,
+              scores: Any) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
+        """(query, positive, negatives or None, mode -> scores) from the embeddings of a training batch whose first
+        `queries` rows are the queries (or first sides)."""
+        if grouped:
+            query, candidates, by_mode = self._group_view(emb, queries, scores)
+            return query, candidates[:, 0], candidates[:, 1:] if candidates.shape[1] > 1 else None, by_mode
+        query, positive = emb.chunk(2)  # (batch, dim) each
+        return query, positive, None, scores(query, positive)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         grouped = "q_input_ids" in batch
-        if grouped:
-            query, candidates, scores = self._encode_group(batch)
-            positive, negatives = candidates[:, 0], candidates[:, 1:] if candidates.shape[1] > 1 else None
+        first, second = ("q", "c") if grouped else ("a", "b")
+        ids = torch.cat([batch[f"{first}_input_ids"], batch[f"{second}_input_ids"]])
+        mask = torch.cat([batch[f"{first}_attention_mask"], batch[f"{second}_attention_mask"]])
+        queries = batch[f"{first}_input_ids"].shape[0]
+        points = sorted({p for name, ps in self._points.items() if self.objectives[name].weight != 0 for p in ps})
+        if points:  # one forward pass yields every layer's output: all points cost one encoding
+            emb, at_point = self.student.embed_points(ids, mask, points)
         else:
-            ids = torch.cat([batch["a_input_ids"], batch["b_input_ids"]])
-            mask = torch.cat([batch["a_attention_mask"], batch["b_attention_mask"]])
-            query, positive = self.student(ids, mask).chunk(2)  # (batch, dim) each
-            negatives, scores = None, self.student.scores(query, positive)
+            emb, at_point = self.student(ids, mask), {}
+        query, positive, negatives, scores = self._view(emb, queries, grouped, self.student.scores)
         size = len(batch["pair_id"])
         total = torch.zeros((), device=self.device)
         for name, objective in self.objectives.items():
             if objective.weight == 0:
                 continue
-            if objective.inputs == "embeddings":
+            if name in self._points:
+                # the DSE head reads full-width last-layer embeddings: points are scored by cosine
+                views = [self._view(at_point[p], queries, grouped, _cosine) for p in self._points[name]]
+                term = objective([self._arguments(objective.objective, name, batch, grouped, *v) for v in views])
+            elif objective.inputs == "embeddings":
                 term = objective(query, positive, negatives)
             elif objective.inputs == "embedding_targets":
                 if "t_a" not in batch or grouped:
@@ -187,6 +211,15 @@ class DistillModule(pl.LightningModule):
             total = total + objective.weight * term
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         return total
+
+    def _arguments(self, objective: nn.Module, name: str, batch: dict[str, Any], grouped: bool, query: Tensor,
+                   positive: Tensor, negatives: Tensor | None, scores: dict[str, Tensor]) -> tuple:
+        """What `objective` is called with at one Matryoshka point: its embeddings, or its cosines and targets."""
+        if objective.inputs == "embeddings":
+            return query, positive, negatives
+        if objective.inputs == "group_scores" and not grouped:
+            raise ValueError(f"objective {name!r} needs grouped data: use data.class_path distill.data.GroupDataModule")
+        return scores[COSINE], self._targets(batch, objective.target, name)
 
     @staticmethod
     def _targets(batch: dict[str, Any], target: str, name: str) -> Tensor:
@@ -263,6 +296,11 @@ class DistillModule(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup_ratio, {"student.head.": hp.head_lr})
+
+
+def _cosine(u: Tensor, v: Tensor) -> dict[str, Tensor]:
+    """Scores at a Matryoshka point: cosine only (the DSE head takes full-width embeddings)."""
+    return {COSINE: nn.functional.cosine_similarity(u, v, dim=-1)}
 
 
 def _under_cli(module: pl.LightningModule) -> bool:

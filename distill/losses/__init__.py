@@ -4,6 +4,7 @@ from distill.losses.embedding_mse import EmbeddingMSE
 from distill.losses.info_nce import InfoNCE
 from distill.losses.listwise_kl import ListwiseKL
 from distill.losses.margin_mse import MarginMSE
+from distill.losses.matryoshka import Matryoshka2D
 from distill.losses.score_regression import ScoreRegression
 
-__all__ = ["EmbeddingMSE", "InfoNCE", "ListwiseKL", "MarginMSE", "ScoreRegression"]
+__all__ = ["EmbeddingMSE", "InfoNCE", "ListwiseKL", "MarginMSE", "Matryoshka2D", "ScoreRegression"]
