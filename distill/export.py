@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 from distill import catalog, onnx_backend, outdir, serving, tracking
 from distill.checkpoints import load_model, read_checkpoint
+from distill.losses.matryoshka import resolve_points
 from distill.names import (
     COSINE,
     DSE_HEAD,
@@ -32,7 +33,8 @@ from distill.names import (
     ONNX_FILE,
     STUDENT_CONFIG,
 )
-from distill.st_modules import write_sentence_transformers_config
+from distill.st_modules import write_sentence_transformers_config, write_static_sentence_transformers_config
+from students import StaticStudent
 
 ST_HINT = "pip install 'distill[export]'"
 # texts of several lengths and scripts: parity must hold beyond the one short sentence a trace saw
@@ -94,7 +96,7 @@ class ExportError(ValueError):
 
 
 def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite: bool = False, runs: str = "runs",
-         wandb_run: str | None = None) -> Path:
+         wandb_run: str | None = None, layers: int | None = None, dims: int | None = None) -> Path:
     """Export a student or teacher checkpoint for production: sentence-transformers/transformers folder, ONNX, int8.
 
     Args:
@@ -108,6 +110,11 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
         overwrite: replace `out` if it exists.
         runs: where W&B runs wrote their checkpoints (`trainer.logger.init_args.save_dir`).
         wandb_run: log the exported folder as a W&B model artifact to this run (`entity/project/run_id`).
+        layers: export the student at this many encoder layers (a point trained with distill.losses.Matryoshka2D;
+            default: all of them).
+        dims: export the student at this many leading embedding dimensions, renormalised (a Matryoshka2D point;
+            default: the full width); sentence-transformers' folder cuts them with a Dense slice and records
+            `truncate_dim`.
     """
     ckpt = str(tracking.best_checkpoint(ckpt, root=runs))
     target = Path(out)
@@ -116,11 +123,14 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
     except outdir.OutDirError as err:
         raise ExportError(str(err)) from None
     kind, model, meta = load_model(ckpt)
+    if layers is not None or dims is not None:
+        model = at_point(kind, model, meta, layers, dims, onnx or int8)
     meta["ckpt"] = str(ckpt)
     meta["training_data"] = training_data(read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {})
     partial = outdir.partial_dir(target)
     try:
-        write = export_student if kind == "student" else export_teacher
+        write = (export_static if isinstance(model, StaticStudent) else export_student) if kind == "student" \
+            else export_teacher
         report = write(model, partial, meta, onnx=onnx or int8, int8=int8)
         outdir.replace(partial, target)
     except BaseException:
@@ -131,6 +141,40 @@ def main(ckpt: str, out: str, onnx: bool = False, int8: bool = False, overwrite:
         with tracking.logging_to(wandb_run) as run:
             tracking.log_artifact(target, f"{kind}-{target.name}", "model", run=run)
     return target
+
+
+def trained_points(hp: dict[str, Any], depth: int, width: int) -> list[tuple[int, int]]:
+    """The (layers, dims) points a checkpoint's Matryoshka2D objectives trained (with a weight > 0), resolved
+    against the student; the full student is always one."""
+    points = [(depth, width)]
+    for spec in (hp.get("objectives") or {}).values():
+        args = spec.get("init_args", {}) if isinstance(spec, dict) else {}
+        if str(spec.get("class_path", "") if isinstance(spec, dict) else "").endswith("Matryoshka2D") \
+                and args.get("weight", 1.0) != 0:
+            points += [p for p in resolve_points(args.get("points") or [], depth, width) if p not in points]
+    return points
+
+
+def at_point(kind: str, student: Any, meta: dict[str, Any], layers: int | None, dims: int | None,
+             onnx: bool) -> Any:
+    """The student cut to a trained (layers, dims) point (`--layers`, `--dims`); anything else is one line."""
+    if kind != "student" or isinstance(student, StaticStudent):
+        raise ExportError(f"--layers/--dims export a bi-encoder student at a Matryoshka point; this checkpoint holds "
+                          f"a {'teacher' if kind != 'student' else 'static student'}: drop them")
+    point = (student.depth if layers is None else layers, student.width if dims is None else dims)
+    trained = trained_points(meta.get("hyper_parameters", {}), student.depth, student.width)
+    if point not in trained:
+        shown = ", ".join(f"--layers {n} --dims {d}" for n, d in trained)
+        raise ExportError(f"point layers={point[0]}, dims={point[1]} was not trained by this checkpoint (its "
+                          f"distill.losses.Matryoshka2D points); export one of: {shown}")
+    if onnx and point[1] < student.width:
+        raise ExportError(f"--onnx at --dims {point[1]}: distill.serving does not cut ONNX embeddings yet, so the "
+                          f"parity check cannot pass; export this point without --onnx/--int8")
+    if point == (student.depth, student.width):
+        return student
+    if student.head is not None:
+        meta["selected_mode"] = COSINE  # the DSE head reads full embeddings: a point is scored by cosine
+    return student.at_point(*point).eval()
 
 
 def training_data(hp: dict[str, Any]) -> list[dict[str, str]]:
@@ -159,8 +203,7 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     student.save_pretrained(folder)  # encoder, tokenizer, distill_student.json, dse_head.safetensors
     takes_flag = "add_pooling_layer" in inspect.signature(type(student.encoder)).parameters
     pooled = any(k.startswith("pooler.") for k in student.encoder.state_dict())
-    write_sentence_transformers_config(folder, cfg, student.encoder.config.hidden_size,
-                                       no_pooler=takes_flag and not pooled)
+    write_sentence_transformers_config(folder, cfg, student.width, no_pooler=takes_flag and not pooled)
     config = {**cfg, "selected_mode": meta.get("selected_mode", COSINE)}
     (folder / STUDENT_CONFIG).write_text(json.dumps(config, indent=2))
     if student.head is not None:
@@ -182,6 +225,31 @@ def export_student(student: Any, folder: Path, meta: dict[str, Any], onnx: bool 
     report = {"kind": "student", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
               "config": config, "checks": checks,
               "files": _sizes(folder), "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
+    (folder / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
+    write_card(folder, report)
+    return report
+
+
+def export_static(student: StaticStudent, folder: Path, meta: dict[str, Any], onnx: bool = False,
+                  int8: bool = False) -> dict[str, Any]:
+    """Write a `students.StaticStudent` as a sentence-transformers `StaticEmbedding` folder; returns the report."""
+    if onnx or int8:
+        raise ExportError("a static student is a table lookup with no ONNX graph to gain from: export it without "
+                          "--onnx/--int8")
+    st = _sentence_transformers()
+    student.save_pretrained(folder)  # tokenizer.json, model.safetensors (embedding.weight), distill_student.json
+    write_static_sentence_transformers_config(folder, student.config)
+    config = {**student.config, "selected_mode": COSINE}
+    (folder / STUDENT_CONFIG).write_text(json.dumps(config, indent=2))
+    reference = student.encode(PROBES)
+    loaded = st.SentenceTransformer(str(folder), device="cpu").encode(PROBES, convert_to_tensor=True).float()
+    diff = (loaded - reference).abs().max().item()
+    if diff > ONNX_TOLERANCE:
+        raise ExportError(f"{folder}: sentence-transformers' StaticEmbedding embeddings differ from distill's by "
+                          f"{diff:.2e}; the folder was not written")
+    report = {"kind": "student", "ckpt": meta.get("ckpt"), "training_data": meta.get("training_data"),
+              "config": config, "checks": {"st_max_abs_diff": float(f"{diff:.3g}")}, "files": _sizes(folder),
+              "hyper_parameters": _plain(meta.get("hyper_parameters", {}))}
     (folder / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
     write_card(folder, report)
     return report
@@ -336,7 +404,11 @@ def write_card(folder: Path, report: dict[str, Any], bench_rows: list[dict[str, 
         if config.get("dse_head"):
             lines += ["DSE pair head (torch only): `from dse_head import load_dse_head; "
                       "head = load_dse_head('path/to/this/folder'); score = head(u, v)`.", ""]
-        lines += [f"Pooling: {config.get('pooling')}; normalised: {config.get('normalize')}; max tokens: "
+        if config.get("kind") == "static":
+            lines += ["A static student: each token has one vector (from a transformer's, by PCA and Zipf weighting, "
+                      "then trained), and a text is the mean of its tokens' vectors; no attention.", ""]
+        lines += [f"Pooling: {config.get('pooling', 'mean of token vectors')}; normalised: {config.get('normalize')}; "
+                  f"max tokens: "
                   f"{config.get('max_seq_length')}; prefix: {config.get('prefix')!r}; scoring mode chosen on dev: "
                   f"{config.get('selected_mode')}.", ""]
     else:

@@ -1,8 +1,11 @@
 """sentence-transformers' module files beside a student folder: what makes `SentenceTransformer(folder)` pool,
 normalise and prompt as the student does.
 
-A leaf module (stdlib only): `distill export` writes them for an exported student, `distill trim` for a trimmed
-student folder that has none.
+A leaf module (stdlib; safetensors for the one weight file it writes, a Matryoshka point's dimension slice):
+`distill export` writes them for an exported student, `distill trim` for a trimmed student folder that has none.
+
+The student's prefix becomes sentence-transformers' `query` and `document` prompts, with `query` the default prompt,
+so `model.encode`, `model.encode_query` and `model.encode_document` all prepend it as the student does.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: i
     initialized" to every user of the export."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if cfg["normalize"]:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir(exist_ok=True)
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    dims = cfg.get("dims")
+    if dims is not None and dims < dim:
+        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+        _write_slice(folder / "2_Dense", dim, dims)
+    _write_modules(folder, modules, cfg["normalize"])
     (folder / "sentence_bert_config.json").write_text(json.dumps(
         {"max_seq_length": cfg["max_seq_length"], "do_lower_case": False,
          # the key both sentence-transformers 5 and 6 read (6 maps it to model_kwargs)
@@ -34,10 +38,48 @@ def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: i
         {"word_embedding_dimension": dim, "pooling_mode_cls_token": cfg["pooling"] == "cls",
          "pooling_mode_mean_tokens": cfg["pooling"] == "mean", "pooling_mode_max_tokens": False,
          "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True}, indent=2))
-    prefix = cfg.get("prefix") or ""
-    (folder / "config_sentence_transformers.json").write_text(json.dumps(
-        {"__version__": {"distill": _version()}, "prompts": {"default": prefix} if prefix else {},
-         "default_prompt_name": "default" if prefix else None, "similarity_fn_name": "cosine"}, indent=2))
+    _write_config(folder, cfg.get("prefix") or "", dims if dims is not None and dims < dim else None)
+
+
+def write_static_sentence_transformers_config(folder: Path, cfg: dict[str, Any]) -> None:
+    """sentence-transformers' module files for a static student folder (`students.StaticStudent.save_pretrained`:
+    `tokenizer.json` and `model.safetensors` at the root, which `StaticEmbedding` reads), + `Normalize`."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.StaticEmbedding"}]
+    _write_modules(folder, modules, cfg["normalize"])
+    _write_config(folder, cfg.get("prefix") or "", None)
+
+
+def _write_modules(folder: Path, modules: list[dict[str, Any]], normalize: bool) -> None:
+    if normalize:
+        idx = len(modules)
+        path = f"{idx}_Normalize"
+        modules.append({"idx": idx, "name": str(idx), "path": path, "type": "sentence_transformers.models.Normalize"})
+        (folder / path).mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+
+
+def _write_slice(folder: Path, width: int, dims: int) -> None:
+    """A bias-free identity `Dense` keeping the first `dims` of `width` dimensions: the cut a Matryoshka point makes
+    before normalising (`truncate_dim` alone cuts after sentence-transformers' `Normalize`: vectors not unit length)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(
+        {"in_features": width, "out_features": dims, "bias": False,
+         "activation_function": "torch.nn.modules.linear.Identity"}, indent=2))
+    save_file({"linear.weight": torch.eye(dims, width)}, str(folder / "model.safetensors"))
+
+
+def _write_config(folder: Path, prefix: str, truncate_dim: int | None) -> None:
+    # `query` and `document` prompts: sentence-transformers 6 gives both names an empty prompt unless the folder
+    # sets them, and `encode_query`/`encode_document` use those rather than the default prompt
+    config = {"__version__": {"distill": _version()},
+              "prompts": {"query": prefix, "document": prefix} if prefix else {},
+              "default_prompt_name": "query" if prefix else None, "similarity_fn_name": "cosine"}
+    if truncate_dim is not None:  # recorded for tools that read it; the Dense slice already cut the vectors
+        config["truncate_dim"] = truncate_dim
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
 
 
 def _version() -> str:

@@ -155,3 +155,19 @@ def test_the_export_loads_clean_in_sentence_transformers(exported: Path, capfd: 
                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     report = out.stdout + out.stderr
     assert "pooler" not in report and "newly initialized" not in report.lower(), report[-2000:]
+
+
+def test_prefix_is_the_query_and_document_prompt(tiny_backbone: str, tmp_path: Path):
+    """sentence-transformers 6 gives `query` and `document` an empty prompt unless the folder names them, so
+    `encode_query`/`encode_document` would silently drop the student's prefix that plain `encode` applies."""
+    from sentence_transformers import SentenceTransformer
+
+    from distill.export import export_student
+
+    student = BiEncoder(tiny_backbone, prefix="query: ").eval()
+    export_student(student, tmp_path / "s", {"selected_mode": "cosine"})
+    st = SentenceTransformer(str(tmp_path / "s"), device="cpu")
+    reference = student.encode(PROBES)
+    for encode in (st.encode, st.encode_query, st.encode_document):
+        assert torch.allclose(encode(PROBES, convert_to_tensor=True), reference, atol=1e-5), encode.__name__
+    assert st.prompts["query"] == st.prompts["document"] == "query: " and st.default_prompt_name == "query"
