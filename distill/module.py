@@ -90,7 +90,10 @@ class DistillModule(pl.LightningModule):
         if gradient_checkpointing:
             # non-reentrant: works with inputs that need no grad and under DDP (torch's recommended form);
             # transformers 5 renamed the switch, older releases only have gradient_checkpointing_enable
-            encoder = student.encoder
+            encoder = getattr(student, "encoder", None)
+            if encoder is None:
+                raise ValueError(f"model.init_args.gradient_checkpointing is for transformer students; a "
+                                 f"{type(student).__name__} has no activations to recompute: set it to false")
             if hasattr(encoder, "activation_checkpointing_enable"):
                 encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
