@@ -48,8 +48,17 @@ def _stsb_mt(path: Path) -> Dataset:
                               "label": [_number(v, path, i) for i, v in enumerate(frame[2])]})
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file, split on newlines only: `str.splitlines` also splits on U+0085, U+2028 and other
+    separators that occur inside sentences (tatoeba_challenge eng-pol has a U+0085 in a Polish line), which would
+    shift every later line against its translation."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+_lines = read_lines
 
 
 def _parallel(english: list[str], other: list[str], lang: str, where: str) -> Dataset:
