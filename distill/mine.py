@@ -3,8 +3,12 @@
 Pairs mode (AugSBERT, Thakur et al., NAACL 2021, arXiv:2010.08240): each sentence of the pool is an anchor;
 its `top_k` nearest neighbours (the pairs a teacher is most informative on) plus `n_spread` partners sampled
 across the similarity range (so the silver set is not all near-duplicates) become pairs with no label.
-Groups mode: each (query, positive) pair of `positives` gets the `n_negatives` pool sentences the student
-finds most similar to the query (after `skip_top`, which guards against unlabelled true positives).
+Groups mode: each (query, positive) pair of `positives` gets `n_negatives` pool sentences: by default the ones the
+student finds most similar to the query (after `skip_top`, which guards against unlabelled true positives);
+`negatives=window` samples them from the student's ranks `skip_top`..`window_end` instead, `negatives=random` from
+the whole pool. With `false_negative_margin`, a candidate the teacher scores above that share of the positive's
+score is dropped first (NV-Retriever's relative margin, Moreira et al., 2024, arXiv:2407.15831: 0.95 drops a
+negative scored > 0.95 x the positive); the teacher's scores come from score caches or from the teacher itself.
 
 Either way the output is a pair file (`pair_id, text_a, text_b`, plus `similarity` and, for groups, `group`)
 that `distill cache` scores with the teacher and `PairDataModule` / `GroupDataModule` train on.
@@ -13,10 +17,13 @@ that `distill cache` scores with the teacher and `PairDataModule` / `GroupDataMo
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
+import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -130,6 +137,12 @@ def main(
     max_pairs: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
+    negatives: Literal["hardest", "window", "random"] = "hardest",
+    window_end: int | None = None,
+    false_negative_margin: float | None = None,
+    teacher_cache: list[str] | None = None,
+    teacher: pl.LightningModule | None = None,
+    teacher_ckpt: str | None = None,
 ) -> Path:
     """Mine silver pairs or hard negatives from a sentence pool with the student, for the teacher to score.
 
@@ -150,9 +163,21 @@ def main(
         max_pairs: pairs mode: keep a seeded random subset of this many pairs.
         batch_size: texts per forward pass while encoding.
         seed: seed of the sampling.
+        negatives: groups mode: `hardest` (the nearest after skip_top), `window` (a seeded random n_negatives of
+            the student's ranks skip_top..window_end) or `random` (a seeded random n_negatives of the whole pool).
+        window_end: groups mode: the rank (exclusive) negatives may come from at the deepest; needed by
+            `window`, and by `hardest` with false_negative_margin (it bounds what the teacher scores).
+        false_negative_margin: groups mode: drop a candidate whose teacher score exceeds this share of the
+            positive's (e.g. 0.95), before negatives are taken; the count dropped is printed.
+        teacher_cache: score caches holding the teacher's score of every (query, positive) and (query, candidate)
+            pair: `distill cache` of an earlier `distill mine` output with n_negatives >= window_end.
+        teacher: or the teacher itself (class_path as in its fit config), scoring the candidates here.
+        teacher_ckpt: its `distill fit` checkpoint (a `teachers.FolderCrossEncoder` needs none).
     """
     _check_options(mode, positives, top_k_neighbours=top_k_neighbours, n_spread=n_spread, n_negatives=n_negatives,
                    skip_top=skip_top, batch_size=batch_size)
+    _check_negative_options(negatives, n_negatives, skip_top, window_end, false_negative_margin, teacher_cache,
+                            teacher, teacher_ckpt)
     if ckpt_path:
         load_student_weights(student, ckpt_path)
     texts = pool_texts(sentences)
@@ -167,7 +192,11 @@ def main(
         if max_pairs is not None and len(frame) > max_pairs:
             frame = frame.iloc[sorted(rng.sample(range(len(frame)), max_pairs))]
     else:
-        frame = _groups(texts, emb, positives, min_gold, n_negatives, skip_top, excluded)  # type: ignore[arg-type]
+        scorer = None
+        if false_negative_margin is not None:
+            scorer = TeacherScores(teacher_cache, teacher, teacher_ckpt, batch_size)
+        frame = _groups(texts, emb, positives, min_gold, n_negatives, skip_top, excluded,  # type: ignore[arg-type]
+                        Window(negatives, window_end, false_negative_margin, scorer, rng))
     path = write_pairs(frame.reset_index(drop=True), out)
     print(f"mine: {len(frame)} {'pairs' if mode == 'pairs' else 'rows in groups'} from {len(texts)} sentences "
           f"-> {path}")
@@ -214,8 +243,33 @@ def _silver_pairs(texts: list[str], emb: Tensor, k: int, n_spread: int, excluded
     return pd.DataFrame(rows, columns=["pair_id", "text_a", "text_b", "similarity"])
 
 
+class Window:
+    """How groups take their negatives: `negatives`, `window_end`, the false-negative filter, the seeded RNG."""
+
+    def __init__(self, negatives: str = "hardest", window_end: int | None = None, margin: float | None = None,
+                 scorer: TeacherScores | None = None, rng: random.Random | None = None) -> None:
+        self.negatives, self.window_end, self.margin, self.scorer = negatives, window_end, margin, scorer
+        self.rng = rng or random.Random(0)
+
+
+def false_negatives(positive: np.ndarray, candidates: np.ndarray, margin: float) -> np.ndarray:
+    """Which candidates the teacher scores above `margin` times their positive's score (NV-Retriever's relative
+    margin): likely unlabelled positives, not negatives.
+
+    Args:
+        positive: (n_groups,) teacher score of each group's positive.
+        candidates: (n_groups, n_candidates) teacher score of each candidate (NaN: padding, never dropped).
+        margin: e.g. 0.95.
+    Returns:
+        (n_groups, n_candidates) bool, True where the candidate is dropped.
+    """
+    with np.errstate(invalid="ignore"):
+        return candidates > margin * positive[:, None]
+
+
 def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | None, n_negatives: int,
-            skip_top: int, excluded: set) -> pd.DataFrame:
+            skip_top: int, excluded: set, window: Window | None = None) -> pd.DataFrame:
+    window = window or Window()
     pairs, _ = read_pairs(positives, label_column="label" if min_gold is not None else None)
     if min_gold is not None:
         if "gold" not in pairs.column_names:
@@ -228,25 +282,172 @@ def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | Non
         if missing:
             raise DataError(f"{positives}: {len(missing)} {what} are not in the pool (first {missing[0][:60]!r}); add "
                             f"their file to --sentences")
-    # take enough nearest sentences that the query itself, its positive and skip_top still leave n_negatives
-    depth = min(n_negatives + skip_top + 2, len(texts) - 1)
+    queries, positive_texts = list(queries), list(pairs["text_b"])
     q_idx = torch.tensor([position[normalise(q)] for q in queries])
     sims = emb[q_idx] @ emb.T  # (n_queries, N)
     sims[torch.arange(len(q_idx)), q_idx] = float("-inf")
-    scores, idx = sims.topk(depth, dim=1)
+    if window.negatives != "random":
+        # take enough nearest sentences that the query itself, its positive and skip_top still leave n_negatives
+        depth = min(window.window_end or n_negatives + skip_top + 2, len(texts) - 1)
+        top = sims.topk(depth, dim=1).indices.tolist()
+    candidates = []
+    for g, (q, p) in enumerate(zip(queries, positive_texts)):
+        skip = {normalise(q), normalise(p)}
+
+        def usable(j: int, q: str = q, skip: set = skip) -> bool:
+            return normalise(texts[j]) not in skip and frozenset((normalise(q), normalise(texts[j]))) not in excluded
+
+        if window.negatives == "random":
+            candidates.append(_random_candidates(len(texts), n_negatives, usable, window.rng))
+            continue
+        candidates.append([j for j in top[g][skip_top:window.window_end] if usable(j)])
+    groups = range(len(queries))
+    if window.margin is not None:
+        candidates = _drop_false_negatives(texts, queries, positive_texts, candidates, window)
+        groups = [g for g in groups if len(candidates[g]) >= n_negatives]
+        if len(groups) < len(queries):  # GroupDataModule needs 1 + n_negatives rows in every group
+            print(f"mine: {len(queries) - len(groups)} groups left with fewer than n_negatives={n_negatives} "
+                  f"negatives are dropped (widen window_end to keep them)")
     rows = []
-    for g, (q, p) in enumerate(zip(queries, pairs["text_b"])):
+    for g in groups:
+        q, p = queries[g], positive_texts[g]
         rows.append((g, q, p, float((emb[position[normalise(q)]] @ emb[position[normalise(p)]]).item())))
-        taken = 0
-        for j, s in list(zip(idx[g].tolist(), scores[g].tolist()))[skip_top:]:
-            t = texts[j]
-            if normalise(t) == normalise(p) or frozenset((normalise(q), normalise(t))) in excluded:
-                continue
-            rows.append((g, q, t, s))
-            taken += 1
-            if taken == n_negatives:
-                break
+        if window.negatives == "hardest":
+            taken = candidates[g][:n_negatives]
+        else:  # a seeded sample, written in rank order
+            keep = set(window.rng.sample(range(len(candidates[g])), min(n_negatives, len(candidates[g]))))
+            taken = [j for k, j in enumerate(candidates[g]) if k in keep]
+        rows += [(g, q, texts[j], float(sims[g, j].item())) for j in taken]
     frame = pd.DataFrame(rows, columns=["group", "text_a", "text_b", "similarity"])
     frame.insert(0, "pair_id", [make_pair_id(a, b) for a, b in zip(frame["text_a"], frame["text_b"])])
     frame["group"] = frame["group"].astype(str)
     return frame
+
+
+def _random_candidates(n_pool: int, n: int, usable: Callable[[int], bool], rng: random.Random) -> list[int]:
+    """Up to `n` usable pool indices, drawn uniformly without replacement (seeded)."""
+    found: list[int] = []
+    seen: set[int] = set()
+    while len(found) < n and len(seen) < n_pool:
+        j = rng.randrange(n_pool)
+        if j not in seen:
+            seen.add(j)
+            if usable(j):
+                found.append(j)
+    return found
+
+
+def _drop_false_negatives(texts: list[str], queries: list[str], positives: list[str], candidates: list[list[int]],
+                          window: Window) -> list[list[int]]:
+    """`candidates` without those the teacher scores above the margin of their positive; prints the count."""
+    width = max((len(c) for c in candidates), default=0)
+    text_a = [q for q, c in zip(queries, candidates) for _ in range(1 + len(c))]
+    text_b = [t for p, c in zip(positives, candidates) for t in (p, *(texts[j] for j in c))]
+    flat = window.scorer(text_a, text_b)  # type: ignore[misc]
+    positive = np.empty(len(candidates), np.float32)
+    scores = np.full((len(candidates), width), np.nan, np.float32)  # (n_groups, n_candidates)
+    at = 0
+    for g, c in enumerate(candidates):
+        positive[g] = flat[at]
+        scores[g, :len(c)] = flat[at + 1:at + 1 + len(c)]
+        at += 1 + len(c)
+    dropped = false_negatives(positive, scores, window.margin)  # type: ignore[arg-type]
+    kept = [[j for k, j in enumerate(c) if not dropped[g, k]] for g, c in enumerate(candidates)]
+    total = sum(len(c) for c in candidates)
+    print(f"mine: false-negative filter (teacher score > {window.margin} x the positive's): dropped "
+          f"{int(dropped.sum())} of {total} candidates in {int(dropped.any(axis=1).sum())} of {len(candidates)} groups")
+    return kept
+
+
+class TeacherScores:
+    """Teacher scores of (text_a, text_b) pairs on the target scale (the manifest's `score_transform`), from
+    score caches or from a teacher scoring them here.
+
+    Args:
+        caches: score cache folders (`distill cache`) holding every pair asked for.
+        teacher: a teacher LightningModule (used when no caches are given).
+        ckpt_path: the teacher's `distill fit` checkpoint, if it needs one.
+        batch_size: pairs per forward pass.
+    """
+
+    def __init__(self, caches: list[str] | None, teacher: pl.LightningModule | None, ckpt_path: str | None,
+                 batch_size: int = 64) -> None:
+        self.caches, self.teacher, self.batch_size = caches, teacher, batch_size
+        if not caches and teacher is not None and ckpt_path:
+            from distill.cache import load_teacher_checkpoint
+
+            load_teacher_checkpoint(teacher, ckpt_path)
+
+    def __call__(self, text_a: list[str], text_b: list[str]) -> np.ndarray:
+        ids = [make_pair_id(a, b) for a, b in zip(text_a, text_b)]
+        if self.caches:
+            return self._cached(ids, text_a, text_b)
+        return self._scored(ids, text_a, text_b)
+
+    def _cached(self, ids: list[str], text_a: list[str], text_b: list[str]) -> np.ndarray:
+        from distill.cache_join import ScoreCache
+
+        known: dict[str, float] = {}
+        for folder in self.caches or []:
+            known.update(ScoreCache(folder).scores())  # type: ignore[arg-type]
+        missing = [i for i, pid in enumerate(ids) if pid not in known]
+        if missing:
+            i = missing[0]
+            raise DataError(f"--teacher_cache {', '.join(self.caches or [])}: {len(missing)} of {len(ids)} (query, "
+                            f"candidate) pairs have no cached score (first {text_a[i][:40]!r} / {text_b[i][:40]!r}); "
+                            f"run `distill cache` on a group file mined with the same student and --n_negatives >= "
+                            f"window_end, or give --teacher instead")
+        return np.asarray([known[pid] for pid in ids], np.float32)
+
+    def _scored(self, ids: list[str], text_a: list[str], text_b: list[str]) -> np.ndarray:
+        from datasets import Dataset
+        from torch.utils.data import DataLoader
+
+        from distill.data import PairCollator, load_tokenizer, tokenize
+        from distill.score_cache import apply_transform
+
+        teacher = self.teacher
+        assert teacher is not None  # _check_negative_options: caches or a teacher
+        spec = teacher.tokenization()
+        rows = Dataset.from_dict({"pair_id": ids, "text_a": text_a, "text_b": text_b})
+        rows = rows.map(tokenize, batched=True, fn_kwargs=spec, remove_columns=["text_a", "text_b"])
+        loader = DataLoader(rows, batch_size=self.batch_size,
+                            collate_fn=PairCollator(load_tokenizer(spec["tokenizer"]).pad_token_id or 0))
+        was_training = teacher.training
+        teacher.eval()
+        with torch.inference_mode():
+            raw = torch.cat([teacher(batch).float().cpu() for batch in loader]).numpy()
+        teacher.train(was_training)
+        return apply_transform(raw, teacher.score_transform).astype(np.float32)
+
+
+def _check_negative_options(negatives: str, n_negatives: int, skip_top: int, window_end: int | None,
+                            margin: float | None, caches: list[str] | None, teacher: pl.LightningModule | None,
+                            teacher_ckpt: str | None) -> None:
+    """One error naming every groups-mode negative option that does not fit the others."""
+    problems = []
+    if negatives == "window" and window_end is None:
+        problems.append("negatives=window needs --window_end (sample from ranks skip_top..window_end)")
+    if window_end is not None and negatives == "random":
+        problems.append("window_end does not apply to negatives=random (the whole pool); drop it")
+    if window_end is not None and window_end < skip_top + n_negatives:
+        problems.append(f"window_end={window_end} leaves fewer than n_negatives={n_negatives} ranks after "
+                        f"skip_top={skip_top}; raise window_end")
+    if margin is not None:
+        if not 0 < margin:
+            problems.append(f"false_negative_margin={margin} (expected > 0, e.g. 0.95)")
+        if negatives == "hardest" and window_end is None:
+            problems.append("false_negative_margin with negatives=hardest needs --window_end (the deepest rank the "
+                            "teacher scores)")
+        if negatives == "random":
+            problems.append("false_negative_margin applies to ranked negatives (hardest, window): the teacher would "
+                            "score the whole pool for random ones")
+        if not caches and teacher is None:
+            problems.append("false_negative_margin needs teacher scores: --teacher_cache or --teacher")
+        if not caches and teacher is not None and not teacher_ckpt and not hasattr(teacher, "content_sha256"):
+            problems.append("--teacher is built from a backbone (an untrained head): give --teacher_ckpt, or a "
+                            "teachers.FolderCrossEncoder")
+    elif caches or teacher is not None:
+        problems.append("--teacher_cache / --teacher are used by false_negative_margin only; set it or drop them")
+    if problems:
+        raise ValueError(f"distill mine: {'; '.join(problems)}")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from cli_args import QUIET, ROOT, cache_args, student_args
 
+from distill import mine
 from distill.cache import CacheError
 from distill.cli import run
 from distill.data import DataError, make_pair_id
+from distill.score_cache import sha256_file, shard_name, write_json_atomic, write_shard
 
 
 def _run(argv: list[str]):  # noqa: ANN202 - the CLI or the tool's result
@@ -131,3 +136,152 @@ def test_positives_missing_from_the_pool_are_one_line(tiny_backbone, pair_files,
     with pytest.raises(DataError, match=r"positives.csv: 1 positives are not in the pool .*add their file to --sent"):
         _mine(tiny_backbone, pair_files, tmp_path / "groups.parquet", "--mode=groups", f"--positives={positives}",
               "--min_gold=null", "--n_negatives=1", "--skip_top=0")
+
+
+# ----------------------------------------------------------------- negatives: rank window, random, false negatives
+POOL = ["query.", "positive.", "c1.", "c2.", "c3.", "c4.", "c5.", "c6."]  # c1 nearest to the query, then c2, ...
+
+
+def _pool_emb() -> torch.Tensor:
+    """Unit vectors at growing angles from the query's: the student ranks c1, positive?, c2, ... by construction."""
+    angles = {"query.": 0.0, "positive.": 0.15, "c1.": 0.1, "c2.": 0.2, "c3.": 0.3, "c4.": 0.4, "c5.": 0.5, "c6.": 0.6}
+    return torch.tensor([[np.cos(angles[t]), np.sin(angles[t])] for t in POOL], dtype=torch.float32)
+
+
+def _positives(tmp_path: Path) -> str:
+    path = tmp_path / "positives.csv"
+    pd.DataFrame({"text_a": ["query."], "text_b": ["positive."]}).to_csv(path, index=False)
+    return str(path)
+
+
+def _negatives(frame: pd.DataFrame) -> list[str]:
+    return list(frame.text_b[1:])
+
+
+TEACHER = {"positive.": 0.8, "c1.": 0.9, "c2.": 0.77, "c3.": 0.7, "c4.": 0.1, "c5.": 0.75, "c6.": 0.2}
+
+
+def _scorer(text_a: list[str], text_b: list[str]) -> np.ndarray:
+    """Hand-made teacher scores of (query, text): c1 above the positive, c2 within 0.95 of it (0.77 > 0.76)."""
+    return np.array([TEACHER[b] for b in text_b], np.float32)
+
+
+def test_false_negative_filter_on_hand_made_scores():
+    """NV-Retriever's relative margin: dropped where score > margin x the group's positive (0.95 x 0.5 = 0.475
+    drops 0.476 but not 0.47); NaN padding never dropped."""
+    positive = np.array([1.0, 0.5])
+    candidates = np.array([[0.96, 0.94, np.nan], [0.5, 0.47, 0.476]])
+    got = mine.false_negatives(positive, candidates, 0.95)
+    assert got.tolist() == [[True, False, False], [True, False, True]]
+
+
+def test_hardest_negatives_are_unchanged_by_default(tmp_path):
+    """No new option set: the nearest sentences after skip_top, the positive skipped (the behaviour before)."""
+    frame = mine._groups(POOL, _pool_emb(), _positives(tmp_path), None, 3, 1, set())
+    assert list(frame.text_b) == ["positive.", "c2.", "c3.", "c4."]  # c1 skipped by skip_top=1
+
+
+def test_hardest_with_the_filter_takes_the_next_ones(tmp_path, capsys):
+    """c1 (0.9) and c2 (0.77) outscore 0.95 x 0.8 = 0.76: dropped, reported, and c3, c4, c5 taken instead."""
+    window = mine.Window("hardest", window_end=7, margin=0.95, scorer=_scorer)
+    frame = mine._groups(POOL, _pool_emb(), _positives(tmp_path), None, 3, 0, set(), window)
+    assert _negatives(frame) == ["c3.", "c4.", "c5."]
+    assert "dropped 2 of 6 candidates in 1 of 1 groups" in capsys.readouterr().out
+
+
+def test_window_samples_only_inside_the_rank_window(tmp_path):
+    """negatives=window: skip the top 2 ranks (c1, positive), sample from ranks 2..5 (c2, c3, c4); over seeds,
+    every one of them and nothing else is drawn."""
+    drawn = set()
+    for seed in range(12):
+        window = mine.Window("window", window_end=5, rng=random.Random(seed))
+        negatives = _negatives(mine._groups(POOL, _pool_emb(), _positives(tmp_path), None, 2, 2, set(), window))
+        assert len(negatives) == 2 and len(set(negatives)) == 2
+        drawn |= set(negatives)
+    assert drawn == {"c2.", "c3.", "c4."}
+
+
+def test_random_negatives_cover_the_pool(tmp_path):
+    """negatives=random: any pool sentence but the query and its positive, distinct within a group."""
+    drawn = set()
+    for seed in range(20):
+        window = mine.Window("random", rng=random.Random(seed))
+        negatives = _negatives(mine._groups(POOL, _pool_emb(), _positives(tmp_path), None, 3, 0, set(), window))
+        assert len(set(negatives)) == 3
+        drawn |= set(negatives)
+    assert drawn == {"c1.", "c2.", "c3.", "c4.", "c5.", "c6."}
+
+
+def _cache(folder: Path, pairs: list[tuple[str, str, float]]) -> Path:
+    """A score cache with raw scores for these pairs (identity transform), as `distill cache` lays it out."""
+    folder.mkdir()
+    write_shard(folder, 0, len(pairs), [make_pair_id(a, b) for a, b, _ in pairs], [s for _, _, s in pairs])
+    name = shard_name(0, len(pairs))
+    write_json_atomic(folder / "manifest.json", {
+        "format": 1, "teacher": {"score_transform": "identity"},
+        "data": {"fingerprint": "x", "source": "groups.parquet", "split": "train", "n_pairs": len(pairs),
+                 "label_range": None},
+        "shards": [{"file": name, "start": 0, "end": len(pairs), "rows": len(pairs),
+                    "sha256": sha256_file(folder / name)}], "complete": True})
+    return folder
+
+
+def test_teacher_scores_from_a_cache(tmp_path):
+    cache = _cache(tmp_path / "cache", [("query.", "positive.", 0.8), ("query.", "c1.", 0.9)])
+    scores = mine.TeacherScores([str(cache)], None, None)(["query.", "query."], ["c1.", "positive."])
+    assert scores.tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_candidates_without_a_cached_score_are_one_line(tmp_path):
+    """A cache made for fewer candidates than the window asks for: one line naming the pair and the fix."""
+    cache = _cache(tmp_path / "cache", [("query.", "positive.", 0.8), ("query.", "c1.", 0.9)])
+    window = mine.Window("hardest", window_end=4, margin=0.95, scorer=mine.TeacherScores([str(cache)], None, None))
+    with pytest.raises(DataError, match=r"2 of 4 \(query, candidate\) pairs have no cached score \(first 'query\.' / "
+                                        r"'c2\.'\); run `distill cache` on a group file mined"):
+        mine._groups(POOL, _pool_emb(), _positives(tmp_path), None, 1, 0, set(), window)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"negatives": "window"}, r"negatives=window needs --window_end"),
+    ({"false_negative_margin": 0.95, "window_end": 5}, r"needs teacher scores: --teacher_cache or --teacher"),
+    ({"false_negative_margin": 0.95, "teacher_cache": ["c"]}, r"negatives=hardest needs --window_end"),
+    ({"negatives": "random", "window_end": 5}, r"window_end does not apply to negatives=random"),
+    ({"teacher_cache": ["c"]}, r"used by false_negative_margin only"),
+])
+def test_negative_options_that_do_not_fit(options, message):
+    args = {"negatives": "hardest", "n_negatives": 3, "skip_top": 0, "window_end": None, "margin": None,
+            "caches": None, "teacher": None, "teacher_ckpt": None}
+    renamed = {"false_negative_margin": "margin", "teacher_cache": "caches"}
+    args.update({renamed.get(k, k): v for k, v in options.items()})
+    with pytest.raises(ValueError, match=message):
+        mine._check_negative_options(**args)
+
+
+def test_mine_filters_with_a_folder_teacher(tiny_backbone, pair_files, tmp_path, capsys):
+    """`distill mine` end to end with the new keys and an off-the-shelf teacher scoring in process: the report
+    is printed and no written negative scores above the margin of its positive (checked with transformers alone)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path / "teacher"
+    torch.manual_seed(2)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=1)
+    torch.nn.init.normal_(model.classifier.weight, std=30.0)  # the pooled outputs differ little
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    gold = pd.read_csv(pair_files["train"])
+    with torch.no_grad():  # centre the logits, so scores spread around 0.5 instead of saturating
+        enc = tok(list(gold.text_a), list(gold.text_b), padding=True, return_tensors="pt")
+        model.classifier.bias -= model.eval()(**enc).logits.mean()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = _mine(tiny_backbone, pair_files, tmp_path / "groups.parquet", "--mode=groups",
+                f"--positives={pair_files['train']}", "--min_gold=null", "--n_negatives=2", "--skip_top=1",
+                "--negatives=window", "--window_end=8", "--false_negative_margin=0.99",
+                "--teacher=teachers.FolderCrossEncoder", f"--teacher.folder={folder}")
+    assert "false-negative filter (teacher score > 0.99 x the positive's): dropped" in capsys.readouterr().out
+    frame = pd.read_parquet(out)
+    assert (frame.groupby("group").size() == 3).all()
+    enc = tok(list(frame.text_a), list(frame.text_b), padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        frame["teacher"] = torch.sigmoid(model.eval()(**enc).logits.squeeze(-1)).numpy()
+    for _, group in frame.groupby("group"):
+        assert (group.teacher.iloc[1:] <= 0.99 * group.teacher.iloc[0] * (1 + 1e-5)).all()
