@@ -143,7 +143,7 @@ class MultilingualEvaluation(Callback):
 
     Args:
         tatoeba: languages (ISO 639-1 or Tatoeba codes) for bitext retrieval, trained on or not.
-        max_sentences: sentences per Tatoeba language (all ≤ 1000 by default).
+        max_sentences: sentences per Tatoeba and FLORES devtest language (smoke runs; all by default).
         batch_size: encoding batch size.
         flores: languages (ISO 639-1 or FLORES codes) for translation retrieval on FLORES `devtest` (test).
         flores_val: languages for translation retrieval on FLORES `dev` after each validation (model choices;
@@ -187,7 +187,7 @@ class MultilingualEvaluation(Callback):
             values = tatoeba_accuracy(self._encode(trainer, pl_module), self.tatoeba, self.max_sentences)
             pl_module.log_dict({f"test/tatoeba_acc/{k}": v for k, v in values.items()})
         if self.flores:
-            values = translation_accuracy(self._encode(trainer, pl_module), self.flores, "devtest")
+            values = translation_accuracy(self._encode(trainer, pl_module), self.flores, "devtest", self.max_sentences)
             pl_module.log_dict({f"test/translation_acc/{k}": v for k, v in values.items()})
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -202,9 +202,15 @@ class ParallelDataModule(MultilingualDataModule):
             raise DataError(f"data.init_args.max_per_language is {max_per_language}; expected >= 1 or null")
         super().__init__(**kwargs)
         self.report: dict[str, Any] = {}
+        self._parallel: Dataset | None = None
 
     def parallel_rows(self) -> Dataset:
         """The deduplicated, test-filtered, capped parallel pairs (`source`, `translation`, `lang`)."""
+        if self._parallel is None:  # read once: prepare_data, the teacher's vectors and setup all need them
+            self._parallel = self._read_parallel()
+        return self._parallel
+
+    def _read_parallel(self) -> Dataset:
         hp = self.hparams
         parts = [r for lang in hp.parallel_languages or [] for corpus in hp.corpora
                  if (r := corpus_rows(corpus, lang)) is not None]
