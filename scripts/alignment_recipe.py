@@ -6,7 +6,7 @@ Stages (each timed into runs/alignment/report.json; a killed run resumes where i
    multilingual recipe; the smoke run trains a small MiniLM one instead);
 2. `multilingual`: the existing multilingual recipe's student (configs/multilingual/student.yaml), rerun here; its
    selected checkpoint, saved as a folder, is the English teacher bi-encoder whose vectors the alignment arms
-   regress onto (384-d and in e5's own space: docs/multilingual.md "Alignment");
+   regress onto (384-d and in e5's own space: docs/alignment.md);
 3. `aligned`: configs/alignment/student.yaml (parallel pairs, EmbeddingMSE only);
 4. `aligned_pivot`: + configs/alignment/pivot.yaml (parallel pairs + the teacher's pivot-pair scores);
 5. every arm and `zero_shot` validated (`distill validate`: stsb_multi_mt dev, FLORES dev) and tested (`distill
@@ -233,7 +233,8 @@ def main() -> None:
     try:
         recipe.stage("prepare", lambda: run_verb(["prepare"]), done=False)
         _, cache = teacher_stage(run, recipe)
-        smoke_ml = ["--data.init_args.max_source_pairs=8", "--data.init_args.max_val_pairs=24"] if args.smoke else []
+        smoke_ml = ["--data.init_args.max_source_pairs=4", "--data.init_args.max_val_pairs=24",
+                    "--data.init_args.languages=[en,de]"] if args.smoke else []
         fits = {
             "multilingual": lambda: fit(run, "multilingual", MULTILINGUAL, [f"--data.init_args.cache_dir={cache}",
                                                                             *smoke_ml]),
@@ -243,7 +244,8 @@ def main() -> None:
             "aligned_pivot": lambda: fit(run, "aligned_pivot", [*ALIGN, *PIVOT, *(SMOKE if args.smoke else [])], [
                 f"--data.init_args.teacher_embeddings={report['teacher_folder']}",
                 f"--data.init_args.teacher_embeddings_dir={out / 'aligned-pivot' / 'teacher-embeddings'}",
-                f"--data.init_args.cache_dir={cache}"]),
+                f"--data.init_args.cache_dir={cache}", *(["--data.init_args.pivot_languages=[en,de]"] if args.smoke
+                                                          else [])]),
         }
         fitted = report.setdefault("fits", {})
         for arm in ("multilingual", "aligned_pivot", "aligned"):  # the teacher first, then by importance
