@@ -44,6 +44,11 @@ def load(folder: str | Path, backend: str = "torch-fp32", threads: int | None = 
     reason = skip_reason(backend)
     if reason:
         raise ServingError(f"{backend} cannot run here: {reason}")
+    if is_static(folder):
+        if backend != "torch-fp32":
+            raise ServingError(f"{folder} is a static student (a token table, no transformer): it serves on "
+                               f"torch-fp32 only, not {backend}")
+        return StaticServer(folder, json.loads((folder / names.STUDENT_CONFIG).read_text()), threads)
     for file in (names.STUDENT_CONFIG, "tokenizer.json", _FILES[backend]):
         if not (folder / file).is_file():
             hint = "export it with `distill export --onnx --int8`" if file.startswith("onnx") else \
@@ -53,6 +58,12 @@ def load(folder: str | Path, backend: str = "torch-fp32", threads: int | None = 
     if backend.startswith("torch"):
         return TorchServer(folder, config, torch.bfloat16 if backend == "torch-bf16" else torch.float32, threads)
     return OnnxServer(folder, config, _FILES[backend], threads)
+
+
+def is_static(folder: str | Path) -> bool:
+    """Whether an exported folder holds a static student (`students.StaticStudent`: `kind: static`)."""
+    path = Path(folder) / names.STUDENT_CONFIG
+    return path.is_file() and json.loads(path.read_text()).get("kind") == "static"
 
 
 class StudentServer:
@@ -65,7 +76,8 @@ class StudentServer:
         from transformers import AutoTokenizer
 
         self.config, self.folder = config, folder
-        self.prefix, self.pooling, self.normalize = config["prefix"], config["pooling"], config["normalize"]
+        self.prefix, self.pooling, self.normalize = config["prefix"], config.get("pooling"), config["normalize"]
+        self.dims = config.get("dims")  # a 2D-Matryoshka point exported at fewer dimensions: cut, then normalise
         self.tokenizer = AutoTokenizer.from_pretrained(folder)  # batches: padding and truncation per call
         # one text: the Rust tokenizer itself, truncating, never padding (its own copy: settings are per object)
         self.one = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
@@ -105,7 +117,7 @@ class StudentServer:
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        emb = emb.float()
+        emb = emb.float()[..., :self.dims]
         return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
 
@@ -158,6 +170,39 @@ class OnnxServer(StudentServer):
 
     def _batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
         return self._pool(self._run(input_ids, attention_mask), torch.from_numpy(attention_mask))
+
+
+class StaticServer(StudentServer):
+    """A static student: the mean of its tokens' rows of one table (no attention, no transformer), tokenised as
+    sentence-transformers' StaticEmbedding does (no special tokens, no truncation)."""
+
+    backend = "torch-fp32"
+
+    def __init__(self, folder: Path, config: dict[str, Any], threads: int | None) -> None:
+        from safetensors.torch import load_file
+
+        super().__init__(folder, {**config, "max_seq_length": config.get("max_seq_length", 512)})
+        self.one.no_truncation()
+        if threads:
+            torch.set_num_threads(threads)
+        self.table = load_file(str(folder / "model.safetensors"))["embedding.weight"].float()
+
+    def ids(self, text: str) -> list[int]:
+        return self.one.encode(self.prefix + text, add_special_tokens=False).ids
+
+    @torch.inference_mode()
+    def query(self, text: str) -> torch.Tensor:
+        ids = self.ids(text)
+        emb = self.table[ids].mean(0) if ids else torch.zeros(self.table.shape[1])
+        return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        ids = [self.ids(t) for t in texts]
+        flat = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+        offsets = torch.tensor([0, *np.cumsum([len(row) for row in ids])[:-1]], dtype=torch.long)
+        emb = torch.nn.functional.embedding_bag(flat, self.table, offsets, mode="mean")  # empty bag: zeros
+        return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
 
 class Index:

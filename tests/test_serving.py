@@ -102,3 +102,23 @@ def test_a_gemm_rate_is_measured_for_each_backend():
     for backend in ("torch-fp32", "onnx-fp32", "onnx-int8"):
         rate = gemm_gflops(backend, n=128, repeats=2, threads=1)
         assert 0.1 < rate < 1e5, (backend, rate)
+
+
+def test_a_static_student_and_a_matryoshka_point_serve_what_they_encode(tiny_backbone, texts, tmp_path):
+    from students import BiEncoder, StaticStudent
+
+    static = StaticStudent(source=tiny_backbone, dim=16, token_vectors="input")
+    static.save_pretrained(tmp_path / "static")
+    server = serving.load(tmp_path / "static", "torch-fp32", threads=torch.get_num_threads())
+    expected = static.encode(texts)
+    assert torch.allclose(server.encode(texts), expected, atol=1e-5)
+    assert torch.allclose(server.query(texts[3]), expected[3], atol=1e-5)
+    assert server.encode(["[UNK]"]).shape == (1, 16)
+    with pytest.raises(serving.ServingError, match="static student .* torch-fp32 only"):
+        serving.load(tmp_path / "static", "onnx-int8")
+    cut = BiEncoder(backbone=tiny_backbone, dims=12)
+    cut.save_pretrained(tmp_path / "cut")
+    server = serving.load(tmp_path / "cut", "torch-fp32", threads=torch.get_num_threads())
+    assert server.encode(texts).shape == (len(texts), 12)
+    assert torch.allclose(server.encode(texts), cut.encode(texts), atol=1e-5)
+    assert torch.allclose(server.query(texts[0]), cut.encode(texts[:1])[0], atol=1e-5)

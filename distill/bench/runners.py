@@ -76,6 +76,8 @@ def onnx_file(backend: str) -> str:
 
 def skip_reason(info: dict[str, Any], backend: str) -> str | None:
     """Why a model is not measured on a backend (shown in its row), or None."""
+    if serving.is_static(info["folder"]) and backend != "torch-fp32":
+        return "a static student (a token table) serves on torch-fp32 only"
     if backend == "torch-bf16":
         return bf16_reason()
     if backend.startswith("onnx") and not (Path(info["folder"]) / onnx_file(backend)).is_file():
@@ -170,7 +172,9 @@ def _mb(folder: Path, files: list[str]) -> float:
     return round(sum((folder / f).stat().st_size for f in files if (folder / f).is_file()) / 1e6, 2)
 
 
-def _encoder_config(folder: Path) -> dict[str, Any]:
+def _encoder_config(folder: Path) -> dict[str, Any] | None:
+    if not (folder / "config.json").is_file():  # a static student: no transformer, no FLOP floor
+        return None
     config = json.loads((folder / "config.json").read_text())
     return {k: config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
 
