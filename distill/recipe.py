@@ -118,3 +118,21 @@ def strong_teacher(recipe: Recipe) -> str:
     recipe.stage("cache_train", lambda: run_verb(["cache", *STRONG_CACHE, "--ckpt_path", teacher]),
                  done=cache_complete(STRONG_RUN / "cache" / "train"))
     return teacher
+
+
+def teacher_and_cache(recipe: Recipe, out: Path, smoke: bool) -> tuple[str, str]:
+    """A recipe's cross-encoder checkpoint and its STS-B train cache: the strong teacher (built once, shared by every
+    recipe), or in a smoke run a MiniLM teacher fitted on 64 pairs in `out` (its scores mean nothing; the cache
+    still covers every STS-B train pair, so any subset of pivots or pairs finds its score)."""
+    if not smoke:
+        return strong_teacher(recipe), str(STRONG_RUN / "cache" / "train")
+    folder, cache = out / "teacher", out / "teacher-cache"
+    recipe.stage("teacher_fit", lambda: run_verb(
+        ["fit", "--config", "configs/teacher/quickstart.yaml", *QUIET, f"--trainer.default_root_dir={folder}",
+         f"--trainer.logger.init_args.save_dir={folder}", "--data.init_args.max_pairs=64", "--trainer.max_epochs=1"]),
+        done=best_checkpoint(folder) is not None)
+    ckpt = best_checkpoint(folder)
+    recipe.stage("cache_train", lambda: run_verb(["cache", "--config", "configs/cache/quickstart.yaml",
+                                                  "--ckpt_path", str(ckpt), "--out", str(cache)]),
+                 done=cache_complete(cache))
+    return str(ckpt), str(cache)

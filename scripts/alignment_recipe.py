@@ -33,7 +33,7 @@ from typing import Any
 
 from distill.languages import TATOEBA_CHALLENGE_CODES, iso
 from distill.machine import describe
-from distill.recipe import QUIET, Recipe, TimeCapReached, best_checkpoint, cache_complete, run_verb, strong_teacher
+from distill.recipe import QUIET, Recipe, TimeCapReached, run_verb, teacher_and_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIGN = ["--config", "configs/alignment/student.yaml"]
@@ -59,23 +59,6 @@ class Run:
 
 def metrics_of(done: Any, prefix: str) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in done.trainer.callback_metrics.items() if k.startswith(prefix)}
-
-
-def teacher_stage(run: Run, recipe: Recipe) -> tuple[str, str]:
-    """The pivot pairs' cross-encoder checkpoint and its STS-B train cache: the strong teacher, or in a smoke
-    run a MiniLM one fitted on 64 pairs (its scores mean nothing; the cache covers every STS-B train pair)."""
-    if not run.smoke:
-        return strong_teacher(recipe), "runs/strong-teacher/cache/train"
-    folder, cache = run.out / "teacher", run.out / "teacher-cache"
-    recipe.stage("teacher_fit", lambda: run_verb(
-        ["fit", "--config", "configs/teacher/quickstart.yaml", *QUIET, f"--trainer.default_root_dir={folder}",
-         f"--trainer.logger.init_args.save_dir={folder}", "--data.init_args.max_pairs=64", "--trainer.max_epochs=1"]),
-        done=best_checkpoint(folder) is not None)
-    ckpt = best_checkpoint(folder)
-    recipe.stage("cache_train", lambda: run_verb(["cache", "--config", "configs/cache/quickstart.yaml",
-                                                  "--ckpt_path", ckpt, "--out", str(cache)]),
-                 done=cache_complete(cache))
-    return ckpt, str(cache)
 
 
 def fit(run: Run, arm: str, config: list[str], extra: list[str]) -> dict[str, Any]:
@@ -232,7 +215,7 @@ def main() -> None:
     started = time.perf_counter()
     try:
         recipe.stage("prepare", lambda: run_verb(["prepare"]), done=False)
-        _, cache = teacher_stage(run, recipe)
+        _, cache = teacher_and_cache(recipe, out, args.smoke)
         smoke_ml = ["--data.init_args.max_source_pairs=4", "--data.init_args.max_val_pairs=24",
                     "--data.init_args.languages=[en,de]"] if args.smoke else []
         fits = {

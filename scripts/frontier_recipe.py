@@ -1,0 +1,364 @@
+"""The speed/accuracy frontier (issue 19): shallower, 2D-Matryoshka and static students from one teacher, exported,
+served and benched side by side with the sentence-transformers models a user would pick instead.
+
+Stages (each timed into runs/frontier/report.json; a killed run resumes where it stopped):
+1. the strong cross-encoder and its STS-B train cache (shared with the other recipes; a small MiniLM one in smoke);
+2. students from configs/frontier/: `layers-6` (the reference), `layers-3`, `layers-2` (keep_layers), `dims-128`,
+   `matryoshka` (one run, six (layers, dims) points), then `static` (token vectors of the exported layers-6
+   student, fine-tuned on the same scores);
+3. every student exported (`distill export`, ONNX int8 where the width is whole; the Matryoshka run at each of its
+   points with --layers/--dims);
+4. for every exported folder and backend, and for the peers: STS-B test Spearman (cosine, whole test set) and
+   encode throughput (sentences/s over the STS-B test sentences, interleaved repeats);
+5. `distill bench` over all of them and the peers (1 query vs 1,000 candidates), whose report.json gains the
+   frontier fields per row (`variant`, `stsb_test_spearman`, `queries_per_s_1v1000`, `encode_sentences_per_s`,
+   `size_mb`, `export_path`), a Pareto flag, report.md and pareto.png; docs/frontier-report.md is its copy.
+
+    nice -n 19 python scripts/frontier_recipe.py          # about 60 min on 2 quiet CPU cores (teacher included)
+    python scripts/frontier_recipe.py --smoke             # every stage on 64 pairs, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.machine import describe
+from distill.recipe import QUIET, Recipe, TimeCapReached, run_verb, teacher_and_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["--config", "configs/frontier/student.yaml"]
+SMOKE = ["--config", "configs/frontier/smoke.yaml"]
+VARIANTS = {"layers-6": [], "layers-3": ["layers-3"], "layers-2": ["layers-2"], "dims-128": ["dims-128"],
+            "matryoshka": ["matryoshka"]}
+#: the Matryoshka run's points (layers, dims) and the separately trained student at the same point
+POINTS = {(6, 384): "layers-6", (6, 128): "dims-128", (3, 384): "layers-3", (3, 128): None, (2, 384): "layers-2",
+          (2, 64): None}
+PEERS = ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+BACKENDS = ["torch-fp32", "onnx-int8"]
+ST_DISTILLED = 0.8544  # sentence-transformers' own distilled MiniLM-L6 here (ANCHORS.md)
+
+
+def overlays(names: list[str], smoke: bool) -> list[str]:
+    return [*BASE, *(a for n in names for a in ("--config", f"configs/frontier/{n}.yaml")), *(SMOKE if smoke else [])]
+
+
+def fit(out: Path, name: str, config: list[str], extra: list[str]) -> dict[str, Any]:
+    folder = out / name
+    start = time.perf_counter()
+    done = run_verb(["fit", *config, f"--trainer.default_root_dir={folder}",
+                     f"--trainer.logger.init_args.save_dir={folder}", *QUIET, *extra])
+    cb = done.trainer.checkpoint_callback
+    return {"checkpoint": os.path.relpath(cb.best_model_path, ROOT),
+            "dev_spearman": round(float(cb.best_model_score), 4), "fit_s": round(time.perf_counter() - start, 1)}
+
+
+def export(ckpt: str, folder: Path, layers: int | None = None, dims: int | None = None,
+           onnx: bool = True) -> dict[str, Any]:
+    """One exported folder; ONNX int8 beside torch unless the point's width is cut (ST slices it, ONNX cannot)."""
+    args = ["export", "--ckpt", str(ROOT / ckpt), "--out", str(folder), "--overwrite", "true"]
+    args += [f"--layers={layers}"] if layers else []
+    args += [f"--dims={dims}"] if dims else []
+    args += ["--onnx", "true", "--int8", "true"] if onnx else []
+    run_verb(args)
+    return {"folder": os.path.relpath(folder, ROOT), "onnx": onnx}
+
+
+def stsb_texts(smoke: bool) -> tuple[list[str], list[str], list[float]]:
+    from distill import catalog
+
+    rows = catalog.load("stsb/test").rows.with_format("arrow")  # whole columns at once
+    n = 200 if smoke else len(rows)
+    a, b, label = (rows[c].to_pylist()[:n] for c in ("text_a", "text_b", "label"))
+    return a, b, [float(x) for x in label]
+
+
+def encoders(exports: dict[str, dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """(variant, backend) -> encode(texts) for every exported folder on every backend it has, and the peers."""
+    from distill import backbones, serving
+
+    out: dict[tuple[str, str], Any] = {}
+    for variant, info in exports.items():
+        folder = ROOT / info["folder"]
+        for backend in BACKENDS:
+            if backend.startswith("onnx") and not info["onnx"]:
+                continue
+            server = serving.load(folder, backend, threads=2)
+            out[(variant, backend)] = server.encode
+    from sentence_transformers import SentenceTransformer
+
+    for peer in PEERS:
+        model = SentenceTransformer(backbones.resolve(peer), device="cpu")
+        out[(peer, "sentence-transformers")] = lambda t, m=model: m.encode(t, batch_size=32, convert_to_tensor=True)
+    return out
+
+
+def accuracy_and_speed(exports: dict[str, dict[str, Any]], smoke: bool, repeats: int) -> dict[str, dict[str, Any]]:
+    """STS-B test Spearman (cosine) and encode sentences/s of every (variant, backend), timed interleaved."""
+    from scipy.stats import spearmanr
+
+    a, b, gold = stsb_texts(smoke)
+    pool = list(dict.fromkeys(a + b))
+    models = encoders(exports)
+    figures: dict[str, dict[str, Any]] = {}
+    times: dict[str, list[float]] = {f"{v}|{k}": [] for v, k in models}
+    for (variant, backend), encode in models.items():
+        u, v = encode(a).float(), encode(b).float()
+        cos = torch.nn.functional.cosine_similarity(u, v).numpy()
+        figures[f"{variant}|{backend}"] = {"stsb_test_spearman": round(float(spearmanr(cos, gold).statistic), 4)}
+    for _ in range(repeats):  # interleaved: every model sees the same machine state, round after round
+        for (variant, backend), encode in models.items():
+            start = time.perf_counter()
+            encode(pool)
+            times[f"{variant}|{backend}"].append(time.perf_counter() - start)
+    for key, seconds in times.items():
+        rates = [len(pool) / s for s in seconds]
+        figures[key].update(encode_sentences_per_s=round(statistics.median(rates), 1),
+                            encode_spread=[round(min(rates), 1), round(max(rates), 1)], encode_texts=len(pool))
+    return figures
+
+
+def bench(out: Path, exports: dict[str, dict[str, Any]], smoke: bool) -> dict[str, Any]:
+    students = [str(ROOT / info["folder"]) for info in exports.values()]
+    folder = out / "bench"
+    run_verb(["bench", "--students", json.dumps(students), "--out", str(folder), "--backends", json.dumps(BACKENDS),
+              "--regimes", '["one-vs-n"]', "--n_candidates", "[1000]", "--queries", "10" if smoke else "40",
+              "--repeats", "2" if smoke else "5", "--threads", "2", "--baselines", "false",
+              "--peers", json.dumps(PEERS), "--update_cards", "false"])
+    return {"report": os.path.relpath(folder / "report.json", ROOT)}
+
+
+# -------------------------------------------------------------------------------------- the frontier table
+
+
+def frontier_rows(report: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """The bench's 1-vs-1000 rows (students by folder order, peers by name), with the frontier fields."""
+    from distill.pareto import pareto_front
+
+    bench = json.loads((ROOT / report["bench"]["report"]).read_text())
+    variants = list(report["exports"])
+    figures = report["figures"]
+    rows = []
+    for row in bench["rows"]:
+        if row.get("regime") != "one-vs-n" or row.get("n_candidates") != 1000 or row.get("mode") not in (None,
+                                                                                                            "cosine"):
+            continue
+        if row["role"] == "student":
+            index = 0 if row["model"] == "student" else int(row["model"].rsplit("-", 1)[1]) - 1
+            variant, backend = variants[index], row["backend"]
+            path = report["exports"][variant]["folder"]
+        elif row["role"] == "peer":
+            variant, backend, path = row["model"], "sentence-transformers", row["model"]
+        else:
+            continue
+        extra = figures.get(f"{variant}|{backend}", {})
+        rows.append({**row, "variant": variant, "stsb_test_spearman": extra.get("stsb_test_spearman"),
+                     "queries_per_s_1v1000": row.get("throughput"),
+                     "encode_sentences_per_s": extra.get("encode_sentences_per_s"),
+                     "encode_spread": extra.get("encode_spread"), "size_mb": row.get("size_mb"), "export_path": path})
+    return pareto_front(rows, "queries_per_s_1v1000", "stsb_test_spearman")
+
+
+def targets(rows: list[dict[str, Any]], figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def peer(name: str) -> dict[str, Any]:
+        return next((r for r in rows if r["variant"] == name), {})
+
+    mini, mpnet = peer("all-MiniLM-L6-v2"), peer("all-mpnet-base-v2")
+    ours = [r for r in rows if r["role"] == "student" and r["stsb_test_spearman"] is not None]
+    out: dict[str, dict[str, Any]] = {}
+
+    def best(pred: Any, key: str) -> dict[str, Any] | None:
+        found = [r for r in ours if pred(r)]
+        return max(found, key=lambda r: r[key] or 0) if found else None
+
+    if mini.get("queries_per_s_1v1000"):
+        r = best(lambda r: r["stsb_test_spearman"] >= ST_DISTILLED, "queries_per_s_1v1000")
+        ratio = r and round(r["queries_per_s_1v1000"] / mini["queries_per_s_1v1000"], 2)
+        out[f"STS-B >= {ST_DISTILLED} at >= 3x all-MiniLM-L6-v2's 1v1000 queries/s"] = {
+            "value": ratio, "bound": 3.0, "met": ratio is not None and ratio >= 3.0,
+            "row": r and f"{r['variant']} {r['backend']} ({r['stsb_test_spearman']})"}
+    if mpnet.get("queries_per_s_1v1000") and mpnet.get("stsb_test_spearman") is not None:
+        r = best(lambda r: r["stsb_test_spearman"] >= mpnet["stsb_test_spearman"], "queries_per_s_1v1000")
+        ratio = r and round(r["queries_per_s_1v1000"] / mpnet["queries_per_s_1v1000"], 2)
+        out[f"STS-B >= all-mpnet-base-v2's ({mpnet['stsb_test_spearman']}) at >= 10x its 1v1000 queries/s"] = {
+            "value": ratio, "bound": 10.0, "met": ratio is not None and ratio >= 10.0,
+            "row": r and f"{r['variant']} {r['backend']} ({r['stsb_test_spearman']})"}
+    static = figures.get("static|torch-fp32", {})
+    mini_encode = figures.get("all-MiniLM-L6-v2|sentence-transformers", {}).get("encode_sentences_per_s")
+    if static and mini_encode:
+        ratio = round(static["encode_sentences_per_s"] / mini_encode, 1)
+        out["static: STS-B >= 0.78"] = {"value": static["stsb_test_spearman"], "bound": 0.78,
+                                        "met": static["stsb_test_spearman"] >= 0.78}
+        out["static: >= 50x all-MiniLM-L6-v2's encode sentences/s"] = {"value": ratio, "bound": 50.0,
+                                                                       "met": ratio >= 50.0}
+    close = []
+    for (layers, dims), alone in POINTS.items():
+        point = figures.get(f"matryoshka-{layers}x{dims}|torch-fp32", {}).get("stsb_test_spearman")
+        separate = figures.get(f"{alone}|torch-fp32", {}).get("stsb_test_spearman") if alone else None
+        if point is not None and separate is not None:
+            out[f"matryoshka ({layers}, {dims}) vs {alone} trained alone: |difference| <= 0.01"] = {
+                "value": round(point - separate, 4), "bound": 0.01, "met": abs(point - separate) <= 0.01}
+            close.append(abs(point - separate) <= 0.01)
+    out["matryoshka: >= 3 points within 0.01 of their separate students"] = {
+        "value": sum(close), "bound": 3, "met": sum(close) >= 3}
+    full = figures.get("layers-6|torch-fp32", {}).get("stsb_test_spearman")
+    d128 = figures.get("matryoshka-6x128|torch-fp32", {}).get("stsb_test_spearman")
+    if full and d128:
+        out["matryoshka 128 dims >= 0.98x the full student"] = {"value": round(d128 / full, 4), "bound": 0.98,
+                                                                "met": d128 / full >= 0.98}
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    shown = [r for r in rows if r["queries_per_s_1v1000"] and r["stsb_test_spearman"] is not None]
+    for r in shown:
+        peer = r["role"] == "peer"
+        colour = "tab:red" if peer else "tab:blue"
+        ax.scatter(r["queries_per_s_1v1000"], r["stsb_test_spearman"], s=60, marker="s" if peer else "o",
+                   facecolors=colour if r["pareto"] else "none", edgecolors=colour, zorder=3)
+        ax.annotate(f"{r['variant']} ({r['backend'].replace('sentence-transformers', 'ST')})",
+                    (r["queries_per_s_1v1000"], r["stsb_test_spearman"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points", color="black" if r["pareto"] else "grey")
+    front = sorted((r for r in shown if r["pareto"]), key=lambda r: r["queries_per_s_1v1000"])
+    ax.plot([r["queries_per_s_1v1000"] for r in front], [r["stsb_test_spearman"] for r in front], "k--", lw=0.8,
+            label="Pareto front (filled: not dominated; hollow: dominated)")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries/s, 1 query vs 1,000 pre-encoded candidates (log scale; 2 CPU threads)")
+    ax.set_ylabel("STS-B test Spearman (cosine)")
+    ax.set_title("distill students (circles) vs sentence-transformers peers (squares)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    from distill.evaluation import markdown_table
+
+    lines = ["# The speed/accuracy frontier (STS-B test; 1 query vs 1,000 candidates; one bench run)", "",
+             f"Machine: {describe(report['machine'])}. Command: `{report.get('command')}`"
+             f"{' (smoke: figures mean nothing)' if report.get('smoke') else ''}.", ""]
+    rows = report.get("rows")
+    if rows:
+        table = [{"variant": r["variant"], "backend": r["backend"], "STS-B test": r["stsb_test_spearman"],
+                  "queries/s 1v1000": r["queries_per_s_1v1000"], "p50 ms": r.get("p50_ms"),
+                  "encode sentences/s (min-max)": f"{r['encode_sentences_per_s']} ({r['encode_spread'][0]}–"
+                                                  f"{r['encode_spread'][1]})" if r.get("encode_spread") else "",
+                  "size MB": r["size_mb"], "Pareto": "yes" if r["pareto"] else "dominated", "served from":
+                  r["export_path"]} for r in sorted(rows, key=lambda r: -(r["queries_per_s_1v1000"] or 0))]
+        lines += ["![Pareto front](pareto.png)", "", markdown_table(table), "", "## Targets", ""]
+        for name, t in report.get("targets", {}).items():
+            verdict = "met" if t["met"] else "NOT met"
+            row = f" — {t['row']}" if t.get("row") else ""
+            lines.append(f"- {name}: {t['value']} vs {t['bound']} — {verdict}{row}")
+        lines.append("")
+    lines += ["Students (dev Spearman at the selected checkpoint): " + json.dumps(
+        {k: v.get("dev_spearman") for k, v in report.get("fits", {}).items()}), "",
+        "Stages (s): " + json.dumps(report["stages"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="the recipe's folder (runs/frontier, smoke: runs/frontier-smoke)")
+    parser.add_argument("--smoke", action="store_true", help="every stage on 64 pairs (CI); figures mean nothing")
+    parser.add_argument("--time_cap_min", type=float, default=None,
+                        help="stop before a stage once this many minutes have passed (rerun to continue); "
+                             "default 90 (smoke: none)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.chdir(ROOT)
+    out = Path(args.out or ("runs/frontier-smoke" if args.smoke else "runs/frontier")).resolve()
+    cap = args.time_cap_min if args.time_cap_min is not None else (None if args.smoke else 90)
+    recipe = Recipe(out, render=markdown, time_cap_s=cap and cap * 60)
+    report = recipe.report
+    report["command"] = "python scripts/frontier_recipe.py " + " ".join(sys.argv[1:])
+    report["smoke"] = args.smoke
+    started = time.perf_counter()
+    try:
+        _, cache = teacher_and_cache(recipe, out, args.smoke)
+        cached = [f"--data.init_args.cache_dir={cache}"]
+        fits = report.setdefault("fits", {})
+        for name, names in VARIANTS.items():
+            if name not in fits:
+                fits[name] = recipe.stage(f"fit_{name}", lambda n=name, o=names: fit(out, n, overlays(o, args.smoke),
+                                                                                      cached), keep=True)
+        exports = report.setdefault("exports", {})
+        for name in VARIANTS:
+            if name == "matryoshka":
+                for layers, dims in POINTS:
+                    key = f"matryoshka-{layers}x{dims}"
+                    if key not in exports:
+                        exports[key] = recipe.stage(f"export_{key}", lambda a=layers, d=dims, k=key: export(
+                            fits["matryoshka"]["checkpoint"], out / "export" / k, a, d, onnx=d == 384), keep=True)
+            elif name not in exports:
+                exports[name] = recipe.stage(f"export_{name}", lambda n=name: export(
+                    fits[n]["checkpoint"], out / "export" / n), keep=True)
+        if "static" not in fits:
+            source = ROOT / exports["layers-6"]["folder"]
+            fits["static"] = recipe.stage("fit_static", lambda: fit(
+                out, "static", overlays(["static"], args.smoke),
+                [*cached, f"--model.init_args.student.init_args.source={source}"]), keep=True)
+        if "static" not in exports:
+            exports["static"] = recipe.stage("export_static", lambda: export(
+                fits["static"]["checkpoint"], out / "export" / "static", onnx=False), keep=True)
+        if "figures" not in report:
+            report["figures"] = recipe.stage("accuracy_and_speed", lambda: accuracy_and_speed(
+                exports, args.smoke, 2 if args.smoke else 5), keep=True)
+        if "bench" not in report:
+            report["bench"] = recipe.stage("bench", lambda: bench(out, exports, args.smoke), keep=True)
+        rows = frontier_rows(report, out)
+        report["rows"] = rows
+        report["targets"] = targets(rows, report["figures"])
+        bench_path = ROOT / report["bench"]["report"]
+        bench_report = json.loads(bench_path.read_text())
+        bench_report["rows"] = _merged(bench_report["rows"], rows)
+        bench_report["frontier"] = {"targets": report["targets"], "command": report["command"]}
+        bench_path.write_text(json.dumps(bench_report, indent=2))
+        plot(rows, bench_path.parent / "pareto.png")
+        shutil.copy(bench_path.parent / "pareto.png", out / "pareto.png")
+    except TimeCapReached as err:
+        print(err, flush=True)
+    report["stages"]["total_s"] = round(sum(v for k, v in report["stages"].items() if k != "total_s"), 1)
+    report["stages"]["this_run_s"] = round(time.perf_counter() - started, 1)
+    recipe.save()
+    if report.get("rows"):
+        (out / "bench" / "report.md").write_text((out / "report.md").read_text())
+        if not args.smoke:
+            (ROOT / "docs" / "frontier-report.md").write_text((out / "report.md").read_text().replace(
+                "![Pareto front](pareto.png)", "![Pareto front](frontier-pareto.png)"))
+            shutil.copy(out / "pareto.png", ROOT / "docs" / "frontier-pareto.png")
+    print((out / "report.md").read_text())
+
+
+def _merged(bench_rows: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The bench's rows, each 1-vs-1000 one carrying its frontier fields (the others unchanged)."""
+    extra = {(r["role"], r["model"], r["backend"], r.get("mode")): r for r in rows}
+    out = []
+    for row in bench_rows:
+        match = extra.get((row["role"], row["model"], row["backend"], row.get("mode")))
+        frontier = match is not None and row.get("regime") == "one-vs-n" and row.get("n_candidates") == 1000
+        out.append({**row, **{k: match[k] for k in ("variant", "stsb_test_spearman", "queries_per_s_1v1000",
+                                                     "encode_sentences_per_s", "encode_spread", "export_path",
+                                                     "pareto")}} if frontier else row)
+    return out
+
+
+if __name__ == "__main__":
+    main()
