@@ -93,13 +93,13 @@ def stsb_texts(smoke: bool) -> tuple[list[str], list[str], list[float]]:
 
 def encoders(exports: dict[str, dict[str, Any]]) -> dict[tuple[str, str], Any]:
     """(variant, backend) -> encode(texts) for every exported folder on every backend it has, and the peers."""
-    from distill import backbones, serving
+    from distill import backbones, names, serving
 
     out: dict[tuple[str, str], Any] = {}
     for variant, info in exports.items():
         folder = ROOT / info["folder"]
         for backend in BACKENDS:
-            if backend == "onnx-int8" and not info.get("int8"):
+            if backend == "onnx-int8" and not (folder / names.INT8_FILE).is_file():  # refused, or not asked
                 continue
             server = serving.load(folder, backend, threads=2)
             out[(variant, backend)] = server.encode
