@@ -116,11 +116,11 @@ def test_a_teacher_with_an_edited_tokenizer_is_refused(tiny_backbone: str, tmp_p
 
 def test_teacher_embeddings_of_a_short_name_are_keyed_by_its_folder(tiny_backbone: str, tmp_path: Path, monkeypatch):
     """Re-preparing a short-name backbone (`--fp16`) must not reuse the embeddings of the old weights."""
-    from distill import multilingual
+    from distill import embedding_cache
 
     backbone = tmp_path / "backbone"
     shutil.copytree(tiny_backbone, backbone)
     monkeypatch.setattr("distill.backbones.resolve", lambda name: str(backbone) if name == "short-name" else name)
-    before = multilingual._identity("short-name")
+    before = embedding_cache.content_sha256("short-name")
     _resave_fp16(backbone)
-    assert multilingual._identity("short-name") != before
+    assert embedding_cache.content_sha256("short-name") != before
