@@ -8,7 +8,9 @@ machine description every report carries, and the verbs run in-process exactly a
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -136,3 +138,37 @@ def teacher_and_cache(recipe: Recipe, out: Path, smoke: bool) -> tuple[str, str]
                                                   "--ckpt_path", str(ckpt), "--out", str(cache)]),
                  done=cache_complete(cache))
     return str(ckpt), str(cache)
+
+
+def recipe_arguments(doc: str, name: str, cap_min: float) -> argparse.ArgumentParser:
+    """The arguments every `scripts/<name>_recipe.py` takes (`--out`, `--smoke`, `--time_cap_min`); a recipe adds
+    its own to the parser it gets back."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default=None, help=f"the recipe's folder (runs/{name}, smoke: runs/{name}-smoke)")
+    parser.add_argument("--smoke", action="store_true", help="every stage on a few examples (CI); figures mean nothing")
+    parser.add_argument("--time_cap_min", type=float, default=None,
+                        help="stop before a stage once this many minutes have passed (rerun to continue); "
+                             f"default {cap_min:g} (smoke: none)")
+    return parser
+
+
+def open_recipe(args: argparse.Namespace, root: Path, name: str, cap_min: float,
+                render: Callable[[dict[str, Any]], str]) -> Recipe:
+    """The recipe's resumable report, opened the same way by every recipe: offline, run from the repository root
+    (configs name data and runs relative to it), in `--out` or runs/<name>[-smoke], under the all-in time cap."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.chdir(root)
+    out = Path(args.out or (f"runs/{name}-smoke" if args.smoke else f"runs/{name}")).resolve()
+    cap = args.time_cap_min if args.time_cap_min is not None else (None if args.smoke else cap_min)
+    recipe = Recipe(out, render=render, time_cap_s=cap and cap * 60)
+    recipe.report["command"] = f"python scripts/{name}_recipe.py " + " ".join(sys.argv[1:])
+    recipe.report["smoke"] = args.smoke
+    return recipe
+
+
+def close_recipe(recipe: Recipe) -> None:
+    """Totals into the report (all runs so far, and this one), saved."""
+    stages = recipe.report["stages"]
+    stages["total_s"] = round(sum(v for k, v in stages.items() if k not in ("total_s", "this_run_s")), 1)
+    stages["this_run_s"] = round(recipe.elapsed_s, 1)
+    recipe.save()

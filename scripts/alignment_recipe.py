@@ -21,21 +21,28 @@ Stages (each timed into runs/alignment/report.json; a killed run resumes where i
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from distill.languages import TATOEBA_CHALLENGE_CODES, iso
 from distill.machine import describe
-from distill.recipe import QUIET, Recipe, TimeCapReached, run_verb, teacher_and_cache
+from distill.recipe import (
+    QUIET,
+    TimeCapReached,
+    close_recipe,
+    open_recipe,
+    recipe_arguments,
+    run_verb,
+    teacher_and_cache,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+CAP_MIN = 100  # the all-in time cap, minutes (issue 16)
 ALIGN = ["--config", "configs/alignment/student.yaml"]
 PIVOT = ["--config", "configs/alignment/pivot.yaml"]
 MULTILINGUAL = ["--config", "configs/multilingual/student.yaml"]
@@ -153,7 +160,7 @@ def targets(report: dict[str, Any], arm: str) -> dict[str, dict[str, Any]]:
     zero_tat = tat("zero_shot")
     out["Tatoeba trained, mean >= zero-shot + 0.02"] = (tat(arm), zero_tat and round(zero_tat + 0.02, 4), ">=")
     total = report["stages"].get("total_s")
-    out["whole recipe <= 100 min"] = (total and round(total / 60, 1), 100, "<=")
+    out[f"whole recipe <= {CAP_MIN} min"] = (total and round(total / 60, 1), CAP_MIN, "<=")
     return {name: {"value": v, "bound": b, "met": None if v is None or b is None else (v >= b if op == ">=" else
                                                                                        v <= b)}
             for name, (v, b, op) in out.items()}
@@ -194,25 +201,13 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="the recipe's folder (runs/alignment, smoke: runs/alignment-smoke)")
-    parser.add_argument("--smoke", action="store_true", help="every stage on a few pairs (CI); figures mean nothing")
+    parser = recipe_arguments(__doc__, "alignment", CAP_MIN)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--time_cap_min", type=float, default=None,
-                        help="stop before a stage once this many minutes have passed (rerun to continue); "
-                             "default 100 (smoke: none)")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.chdir(ROOT)
-    out = Path(args.out or ("runs/alignment-smoke" if args.smoke else "runs/alignment")).resolve()
-    cap = args.time_cap_min if args.time_cap_min is not None else (None if args.smoke else 100)
-    recipe = Recipe(out, render=markdown, time_cap_s=cap and cap * 60)
-    report = recipe.report
+    recipe = open_recipe(args, ROOT, "alignment", CAP_MIN, markdown)
+    report, out = recipe.report, recipe.out
     report.setdefault("arms", {})
-    report["command"] = "python scripts/alignment_recipe.py " + " ".join(sys.argv[1:])
-    report["smoke"] = args.smoke
     run = Run(out, args.smoke)
-    started = time.perf_counter()
     try:
         recipe.stage("prepare", lambda: run_verb(["prepare"]), done=False)
         _, cache = teacher_and_cache(recipe, out, args.smoke)
@@ -250,9 +245,7 @@ def main() -> None:
             report["export"] = recipe.stage("export", lambda: export_best(run, report), keep=True)
     except TimeCapReached as err:
         print(err, flush=True)
-    report["stages"]["total_s"] = round(sum(v for k, v in report["stages"].items() if k != "total_s"), 1)
-    report["stages"]["this_run_s"] = round(time.perf_counter() - started, 1)
-    recipe.save()
+    close_recipe(recipe)
     if not args.smoke and report.get("export"):
         (ROOT / "docs" / "alignment-report.md").write_text((out / "report.md").read_text())
     print((out / "report.md").read_text())

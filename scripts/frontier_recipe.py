@@ -20,12 +20,10 @@ Stages (each timed into runs/frontier/report.json; a killed run resumes where it
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,18 @@ from typing import Any
 import torch
 
 from distill.machine import describe
-from distill.recipe import QUIET, Recipe, TimeCapReached, run_verb, teacher_and_cache
+from distill.recipe import (
+    QUIET,
+    TimeCapReached,
+    close_recipe,
+    open_recipe,
+    recipe_arguments,
+    run_verb,
+    teacher_and_cache,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+CAP_MIN = 90  # the all-in time cap, minutes (issue 19)
 BASE = ["--config", "configs/frontier/student.yaml"]
 SMOKE = ["--config", "configs/frontier/smoke.yaml"]
 VARIANTS = {"layers-6": [], "layers-3": ["layers-3"], "layers-2": ["layers-2"], "dims-128": ["dims-128"],
@@ -44,6 +51,8 @@ VARIANTS = {"layers-6": [], "layers-3": ["layers-3"], "layers-2": ["layers-2"], 
 POINTS = {(6, 384): "layers-6", (6, 128): "dims-128", (3, 384): "layers-3", (3, 128): None, (2, 384): "layers-2",
           (2, 64): None}
 PEERS = ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+SMOKE_PEERS = PEERS[:1]  # mpnet alone would take a smoke run's minutes
+N_CANDIDATES = {False: 1000, True: 100}  # 1 query vs N pre-encoded candidates (smoke: fewer)
 BACKENDS = ["torch-fp32", "onnx-int8"]
 ST_DISTILLED = 0.8544  # sentence-transformers' own distilled MiniLM-L6 here (ANCHORS.md)
 
@@ -86,12 +95,12 @@ def stsb_texts(smoke: bool) -> tuple[list[str], list[str], list[float]]:
     from distill import catalog
 
     rows = catalog.load("stsb/test").rows.with_format("arrow")  # whole columns at once
-    n = 200 if smoke else len(rows)
+    n = 64 if smoke else len(rows)
     a, b, label = (rows[c].to_pylist()[:n] for c in ("text_a", "text_b", "label"))
     return a, b, [float(x) for x in label]
 
 
-def encoders(exports: dict[str, dict[str, Any]]) -> dict[tuple[str, str], Any]:
+def encoders(exports: dict[str, dict[str, Any]], peers: list[str]) -> dict[tuple[str, str], Any]:
     """(variant, backend) -> encode(texts) for every exported folder on every backend it has, and the peers."""
     from distill import backbones, names, serving
 
@@ -105,7 +114,7 @@ def encoders(exports: dict[str, dict[str, Any]]) -> dict[tuple[str, str], Any]:
             out[(variant, backend)] = server.encode
     from sentence_transformers import SentenceTransformer
 
-    for peer in PEERS:
+    for peer in peers:
         model = SentenceTransformer(backbones.resolve(peer), device="cpu")
         out[(peer, "sentence-transformers")] = lambda t, m=model: m.encode(t, batch_size=32, convert_to_tensor=True)
     return out
@@ -116,8 +125,8 @@ def accuracy_and_speed(exports: dict[str, dict[str, Any]], smoke: bool, repeats:
     from scipy.stats import spearmanr
 
     a, b, gold = stsb_texts(smoke)
-    pool = list(dict.fromkeys(a + b))
-    models = encoders(exports)
+    pool = list(dict.fromkeys(a + b))[:1000]  # timing: 1,000 distinct test sentences (accuracy: the whole test set)
+    models = encoders(exports, SMOKE_PEERS if smoke else PEERS)
     figures: dict[str, dict[str, Any]] = {}
     times: dict[str, list[float]] = {f"{v}|{k}": [] for v, k in models}
     for (variant, backend), encode in models.items():
@@ -140,26 +149,27 @@ def bench(out: Path, exports: dict[str, dict[str, Any]], smoke: bool) -> dict[st
     students = [str(ROOT / info["folder"]) for info in exports.values()]
     folder = out / "bench"
     run_verb(["bench", "--students", json.dumps(students), "--out", str(folder), "--backends", json.dumps(BACKENDS),
-              "--regimes", '["one-vs-n"]', "--n_candidates", "[1000]", "--queries", "10" if smoke else "40",
-              "--repeats", "2" if smoke else "5", "--threads", "2", "--baselines", "false",
-              "--peers", json.dumps(PEERS), "--update_cards", "false"])
+              "--regimes", '["one-vs-n"]', "--n_candidates", f"[{N_CANDIDATES[smoke]}]",
+              "--queries", "5" if smoke else "40", "--repeats", "1" if smoke else "5", "--threads", "2",
+              "--baselines", "false", "--peers", json.dumps(SMOKE_PEERS if smoke else PEERS),
+              "--update_cards", "false"])
     return {"report": os.path.relpath(folder / "report.json", ROOT)}
 
 
 # -------------------------------------------------------------------------------------- the frontier table
 
 
-def frontier_rows(report: dict[str, Any], out: Path) -> list[dict[str, Any]]:
-    """The bench's 1-vs-1000 rows (students by folder order, peers by name), with the frontier fields."""
+def frontier_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bench's 1-vs-N rows (students by folder order, peers by name), with the frontier fields."""
     from distill.pareto import pareto_front
 
     bench = json.loads((ROOT / report["bench"]["report"]).read_text())
     variants = list(report["exports"])
     figures = report["figures"]
     rows = []
+    n = N_CANDIDATES[bool(report.get("smoke"))]
     for row in bench["rows"]:
-        if row.get("regime") != "one-vs-n" or row.get("n_candidates") != 1000 or row.get("mode") not in (None,
-                                                                                                            "cosine"):
+        if row.get("regime") != "one-vs-n" or row.get("n_candidates") != n or row.get("mode") not in (None, "cosine"):
             continue
         if row["role"] == "student":
             index = 0 if row["model"] == "student" else int(row["model"].rsplit("-", 1)[1]) - 1
@@ -227,7 +237,7 @@ def targets(rows: list[dict[str, Any]], figures: dict[str, dict[str, Any]]) -> d
     return out
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, n: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,19 +245,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 6))
     shown = [r for r in rows if r["queries_per_s_1v1000"] and r["stsb_test_spearman"] is not None]
-    for r in shown:
+    for i, r in enumerate(sorted(shown, key=lambda r: r["queries_per_s_1v1000"])):
         peer = r["role"] == "peer"
         colour = "tab:red" if peer else "tab:blue"
         ax.scatter(r["queries_per_s_1v1000"], r["stsb_test_spearman"], s=60, marker="s" if peer else "o",
                    facecolors=colour if r["pareto"] else "none", edgecolors=colour, zorder=3)
         ax.annotate(f"{r['variant']} ({r['backend'].replace('sentence-transformers', 'ST')})",
-                    (r["queries_per_s_1v1000"], r["stsb_test_spearman"]), fontsize=7, xytext=(4, 3),
+                    (r["queries_per_s_1v1000"], r["stsb_test_spearman"]), fontsize=7, xytext=(4, (3, -10, 10)[i % 3]),
                     textcoords="offset points", color="black" if r["pareto"] else "grey")
     front = sorted((r for r in shown if r["pareto"]), key=lambda r: r["queries_per_s_1v1000"])
     ax.plot([r["queries_per_s_1v1000"] for r in front], [r["stsb_test_spearman"] for r in front], "k--", lw=0.8,
             label="Pareto front (filled: not dominated; hollow: dominated)")
     ax.set_xscale("log")
-    ax.set_xlabel("queries/s, 1 query vs 1,000 pre-encoded candidates (log scale; 2 CPU threads)")
+    ax.set_xlabel(f"queries/s, 1 query vs {n:,} pre-encoded candidates (log scale; 2 CPU threads)")
     ax.set_ylabel("STS-B test Spearman (cosine)")
     ax.set_title("distill students (circles) vs sentence-transformers peers (squares)")
     ax.grid(True, which="both", alpha=0.3)
@@ -264,9 +274,10 @@ def markdown(report: dict[str, Any]) -> str:
              f"Machine: {describe(report['machine'])}. Command: `{report.get('command')}`"
              f"{' (smoke: figures mean nothing)' if report.get('smoke') else ''}.", ""]
     rows = report.get("rows")
+    n = N_CANDIDATES[bool(report.get("smoke"))]
     if rows:
         table = [{"variant": r["variant"], "backend": r["backend"], "STS-B test": r["stsb_test_spearman"],
-                  "queries/s 1v1000": r["queries_per_s_1v1000"], "p50 ms": r.get("p50_ms"),
+                  f"queries/s 1v{n}": r["queries_per_s_1v1000"], "p50 ms": r.get("p50_ms"),
                   "encode sentences/s (min-max)": f"{r['encode_sentences_per_s']} ({r['encode_spread'][0]}–"
                                                   f"{r['encode_spread'][1]})" if r.get("encode_spread") else "",
                   "size MB": r["size_mb"], "Pareto": "yes" if r["pareto"] else "dominated", "served from":
@@ -284,22 +295,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="the recipe's folder (runs/frontier, smoke: runs/frontier-smoke)")
-    parser.add_argument("--smoke", action="store_true", help="every stage on 64 pairs (CI); figures mean nothing")
-    parser.add_argument("--time_cap_min", type=float, default=None,
-                        help="stop before a stage once this many minutes have passed (rerun to continue); "
-                             "default 90 (smoke: none)")
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.chdir(ROOT)
-    out = Path(args.out or ("runs/frontier-smoke" if args.smoke else "runs/frontier")).resolve()
-    cap = args.time_cap_min if args.time_cap_min is not None else (None if args.smoke else 90)
-    recipe = Recipe(out, render=markdown, time_cap_s=cap and cap * 60)
-    report = recipe.report
-    report["command"] = "python scripts/frontier_recipe.py " + " ".join(sys.argv[1:])
-    report["smoke"] = args.smoke
-    started = time.perf_counter()
+    args = recipe_arguments(__doc__, "frontier", CAP_MIN).parse_args()
+    recipe = open_recipe(args, ROOT, "frontier", CAP_MIN, markdown)
+    report, out = recipe.report, recipe.out
     try:
         _, cache = teacher_and_cache(recipe, out, args.smoke)
         cached = [f"--data.init_args.cache_dir={cache}"]
@@ -315,10 +313,12 @@ def main() -> None:
                     key = f"matryoshka-{layers}x{dims}"
                     if key not in exports:
                         exports[key] = recipe.stage(f"export_{key}", lambda a=layers, d=dims, k=key: export(
-                            fits["matryoshka"]["checkpoint"], out / "export" / k, a, d, onnx=d == 384), keep=True)
+                            fits["matryoshka"]["checkpoint"], out / "export" / k, a, d,
+                            onnx=d == 384 and not args.smoke), keep=True)
             elif name not in exports:
+                # smoke: ONNX int8 on the reference only (each ONNX export and int8 check costs ~30 s)
                 exports[name] = recipe.stage(f"export_{name}", lambda n=name: export(
-                    fits[n]["checkpoint"], out / "export" / n), keep=True)
+                    fits[n]["checkpoint"], out / "export" / n, onnx=n == "layers-6" or not args.smoke), keep=True)
         if "static" not in fits:
             source = ROOT / exports["layers-6"]["folder"]
             fits["static"] = recipe.stage("fit_static", lambda: fit(
@@ -332,21 +332,19 @@ def main() -> None:
                 exports, args.smoke, 2 if args.smoke else 5), keep=True)
         if "bench" not in report:
             report["bench"] = recipe.stage("bench", lambda: bench(out, exports, args.smoke), keep=True)
-        rows = frontier_rows(report, out)
+        rows = frontier_rows(report)
         report["rows"] = rows
         report["targets"] = targets(rows, report["figures"])
         bench_path = ROOT / report["bench"]["report"]
         bench_report = json.loads(bench_path.read_text())
-        bench_report["rows"] = _merged(bench_report["rows"], rows)
+        bench_report["rows"] = _merged(bench_report["rows"], rows, N_CANDIDATES[args.smoke])
         bench_report["frontier"] = {"targets": report["targets"], "command": report["command"]}
         bench_path.write_text(json.dumps(bench_report, indent=2))
-        plot(rows, bench_path.parent / "pareto.png")
+        plot(rows, bench_path.parent / "pareto.png", N_CANDIDATES[args.smoke])
         shutil.copy(bench_path.parent / "pareto.png", out / "pareto.png")
     except TimeCapReached as err:
         print(err, flush=True)
-    report["stages"]["total_s"] = round(sum(v for k, v in report["stages"].items() if k != "total_s"), 1)
-    report["stages"]["this_run_s"] = round(time.perf_counter() - started, 1)
-    recipe.save()
+    close_recipe(recipe)
     if report.get("rows"):
         (out / "bench" / "report.md").write_text((out / "report.md").read_text())
         if not args.smoke:
@@ -356,13 +354,13 @@ def main() -> None:
     print((out / "report.md").read_text())
 
 
-def _merged(bench_rows: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The bench's rows, each 1-vs-1000 one carrying its frontier fields (the others unchanged)."""
+def _merged(bench_rows: list[dict[str, Any]], rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The bench's rows, each 1-vs-n one carrying its frontier fields (the others unchanged)."""
     extra = {(r["role"], r["model"], r["backend"], r.get("mode")): r for r in rows}
     out = []
     for row in bench_rows:
         match = extra.get((row["role"], row["model"], row["backend"], row.get("mode")))
-        frontier = match is not None and row.get("regime") == "one-vs-n" and row.get("n_candidates") == 1000
+        frontier = match is not None and row.get("regime") == "one-vs-n" and row.get("n_candidates") == n
         out.append({**row, **{k: match[k] for k in ("variant", "stsb_test_spearman", "queries_per_s_1v1000",
                                                      "encode_sentences_per_s", "encode_spread", "export_path",
                                                      "pareto")}} if frontier else row)
