@@ -97,11 +97,14 @@ def load_teacher_checkpoint(teacher: pl.LightningModule, ckpt_path: str) -> None
     teacher.load_state_dict(ckpt["state_dict"])
 
 
-def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str, Any]:
+def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str | None) -> dict[str, Any]:
+    """What made the scores: the teacher's class, its weights' hash (the checkpoint's bytes, or an off-the-shelf
+    folder's content hash), tokenizer, head, transform, length and prefixes."""
+    source = ({"checkpoint": str(ckpt_path), "checkpoint_sha256": sha256_file(ckpt_path)} if ckpt_path is not None
+              else teacher.fingerprint_source())
     return {
         "class_path": f"{type(teacher).__module__}.{type(teacher).__name__}",
-        "checkpoint": str(ckpt_path),
-        "checkpoint_sha256": sha256_file(ckpt_path),
+        **source,
         "backbone": teacher.hparams.get("backbone"),
         "tokenizer_sha256": tokenizer_fingerprint(teacher.tokenization()["tokenizer"]),
         "head": "regression" if teacher.hparams.get("num_labels", 1) == 1 else
@@ -110,6 +113,8 @@ def teacher_fingerprint(teacher: pl.LightningModule, ckpt_path: str) -> dict[str
         "max_length": teacher.hparams.get("max_length"),
         # only when set, so caches made before teachers had a prefix still match
         **({"prefix": teacher.hparams["prefix"]} if teacher.hparams.get("prefix") else {}),
+        **({"document_prefix": teacher.hparams["document_prefix"]}
+           if teacher.hparams.get("document_prefix") is not None else {}),
     }
 
 
@@ -122,8 +127,8 @@ def data_fingerprint(data: PairDataModule, split: str, rows: Dataset) -> dict[st
 def main(
     teacher: pl.LightningModule,
     data: PairDataModule,
-    ckpt_path: str,
     out: str,
+    ckpt_path: str | None = None,
     split: Literal["train", "val", "test", "predict"] = "train",
     shard_size: int = 2048,
     batch_size: int = 64,
@@ -138,7 +143,8 @@ def main(
     Args:
         teacher: the teacher, configured by class_path as in its fit config.
         data: the pair datamodule; `split` names which of its sources to score.
-        ckpt_path: the teacher checkpoint (the one `distill fit` selected on val/spearman).
+        ckpt_path: the teacher checkpoint (the one `distill fit` selected on val/spearman); none for an
+            off-the-shelf folder teacher (`teachers.FolderCrossEncoder`), whose folder holds its weights.
         out: the cache directory (created; a rerun resumes it).
         split: `train`, `val`, `test` or `predict`.
         shard_size: pairs per shard (the unit of resumption).
@@ -154,11 +160,16 @@ def main(
     if directory.exists() and not directory.is_dir():
         raise CacheError(f"--out {directory} is a file; give a folder for the cache (new, or one `distill cache` "
                          f"wrote, which it resumes)")
-    load_teacher_checkpoint(teacher, ckpt_path)
+    if ckpt_path is not None:
+        load_teacher_checkpoint(teacher, ckpt_path)
+    elif not hasattr(teacher, "fingerprint_source"):
+        raise CacheError(f"{type(teacher).__name__} is trained by `distill fit`: give its checkpoint with --ckpt_path "
+                         f"(or an off-the-shelf cross-encoder folder as --teacher teachers.FolderCrossEncoder "
+                         f"--teacher.folder <folder>)")
     rows = data.rows(split)
     expected = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher, ckpt_path),
                 "data": data_fingerprint(data, split, rows)}
-    old = open_cache(directory, expected, overwrite, "distill cache", keep=[Path(ckpt_path)])
+    old = open_cache(directory, expected, overwrite, "distill cache", keep=[Path(ckpt_path)] if ckpt_path else [])
     shards = [(s, min(s + shard_size, len(rows))) for s in range(0, len(rows), shard_size)]
     pair_ids = rows["pair_id"]
     known = {s["file"]: s["sha256"] for s in (old or {}).get("shards", [])}

@@ -59,8 +59,7 @@ def load_encoder(model: str, prefix: str = "") -> Any:
 def content_sha256(model: str) -> str:
     """Hash of what a teacher is: the bytes of a checkpoint file, or of every file of a model folder (by relative
     path), so a re-made folder with the same weights keeps its cache and a retrained one does not."""
-    from distill import backbones
-    from distill.score_cache import sha256_file
+    from distill import backbones, score_cache
 
     path = Path(model)
     if not path.exists():
@@ -68,12 +67,7 @@ def content_sha256(model: str) -> str:
             path = Path(backbones.resolve(model))
         except FileNotFoundError as err:
             raise DataError(f"data.init_args.teacher_embeddings={model!r}: {err}") from None
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{file.relative_to(path).as_posix()}\x1f{sha256_file(file)}\n".encode())
-    return h.hexdigest()
+    return score_cache.content_sha256(path)
 
 
 def sentences_fingerprint(sentences: list[str]) -> str:

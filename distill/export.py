@@ -291,9 +291,11 @@ def export_teacher(teacher: Any, folder: Path, meta: dict[str, Any], onnx: bool 
 
     if not teacher.regression:
         raise ExportError("only regression teachers (num_labels=1) export as a sentence-transformers CrossEncoder")
-    if teacher.hparams.get("prefix"):
-        raise ExportError(f"this teacher prepends {teacher.hparams['prefix']!r} to its texts, which "
-                          f"sentence-transformers' CrossEncoder would not do: export teachers trained without a prefix")
+    given = {k: teacher.hparams[k] for k in ("prefix", "document_prefix") if teacher.hparams.get(k)}
+    if given:
+        raise ExportError(f"this teacher prepends {given} to its texts, which sentence-transformers' CrossEncoder "
+                          f"export cannot carry (its prompts go before the query only): export teachers trained "
+                          f"without prefixes")
     folder.mkdir(parents=True)
     teacher.model.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(teacher.backbone_path)

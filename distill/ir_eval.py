@@ -183,7 +183,8 @@ class RetrievalEvaluation(Callback):
             return
         student = getattr(pl_module, "student", pl_module)
         sets = {retrieval.metric_suffix(n): retrieval.load(n) for n in self.names[split]}
-        values = evaluate_sets(lambda texts: student.encode(texts, batch_size=self.batch_size), sets)
+        values = evaluate_sets(lambda texts: student.encode(texts, batch_size=self.batch_size), sets,
+                               lambda texts: student.encode(texts, batch_size=self.batch_size, document=True))
         pl_module.log_dict(flat_keys(values, split), sync_dist=False)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

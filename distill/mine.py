@@ -184,8 +184,16 @@ def main(
     if len(texts) < 2:
         raise DataError(f"the pool {sentences} has {len(texts)} distinct sentence(s); mining needs at least 2")
     rng = random.Random(seed)
+    # groups rank candidates (documents) for queries: with a document prefix (e5's "passage: ") the pool is encoded
+    # as documents and the queries apart, as the student will be served
+    asymmetric = mode == "groups" and _prefix(student, True) != _prefix(student, False)
     with torch.inference_mode():
-        emb = torch.nn.functional.normalize(student.encode(texts, batch_size=batch_size), dim=-1)  # (N, dim)
+        emb = torch.nn.functional.normalize(student.encode(texts, batch_size=batch_size, document=asymmetric), dim=-1)
+
+    def encode_queries(queries: list[str]) -> Tensor:
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(student.encode(queries, batch_size=batch_size), dim=-1)
+
     excluded = _pair_set(exclude or [])
     if mode == "pairs":
         frame = _silver_pairs(texts, emb, top_k_neighbours, n_spread, excluded, rng)
@@ -196,11 +204,16 @@ def main(
         if false_negative_margin is not None:
             scorer = TeacherScores(teacher_cache, teacher, teacher_ckpt, batch_size)
         frame = _groups(texts, emb, positives, min_gold, n_negatives, skip_top, excluded,  # type: ignore[arg-type]
-                        Window(negatives, window_end, false_negative_margin, scorer, rng))
+                        Window(negatives, window_end, false_negative_margin, scorer, rng),
+                        encode_queries if asymmetric else None)
     path = write_pairs(frame.reset_index(drop=True), out)
     print(f"mine: {len(frame)} {'pairs' if mode == 'pairs' else 'rows in groups'} from {len(texts)} sentences "
           f"-> {path}")
     return path
+
+
+def _prefix(student: torch.nn.Module, document: bool) -> str:
+    return student.prefix_of(document) if hasattr(student, "prefix_of") else student.config.get("prefix", "")
 
 
 def _check_options(mode: str, positives: str | None, **counts: int) -> None:
@@ -268,7 +281,8 @@ def false_negatives(positive: np.ndarray, candidates: np.ndarray, margin: float)
 
 
 def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | None, n_negatives: int,
-            skip_top: int, excluded: set, window: Window | None = None) -> pd.DataFrame:
+            skip_top: int, excluded: set, window: Window | None = None,
+            encode_queries: Callable[[list[str]], Tensor] | None = None) -> pd.DataFrame:
     window = window or Window()
     pairs, _ = read_pairs(positives, label_column="label" if min_gold is not None else None)
     if min_gold is not None:
@@ -284,7 +298,7 @@ def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | Non
                             f"their file to --sentences")
     queries, positive_texts = list(queries), list(pairs["text_b"])
     q_idx = torch.tensor([position[normalise(q)] for q in queries])
-    sims = emb[q_idx] @ emb.T  # (n_queries, N)
+    sims = (emb[q_idx] if encode_queries is None else encode_queries(queries)) @ emb.T  # (n_queries, N)
     sims[torch.arange(len(q_idx)), q_idx] = float("-inf")
     if window.negatives != "random":
         # take enough nearest sentences that the query itself, its positive and skip_top still leave n_negatives

@@ -12,6 +12,7 @@ functions; `distill.cache_join` reads one back. A leaf module: it knows files an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +42,30 @@ def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_unchanged(path: str, size: int, mtime_ns: int) -> str:
+    # keyed by size and mtime: a teacher folder is hashed once per process, not at every prepare_data and setup
+    return sha256_file(path)
+
+
+def content_sha256(path: str | Path) -> str:
+    """What a model is, by content: a file's sha256, or for a folder the sha256 of its files' (relative path, sha256)
+    in sorted order, so a re-made folder with the same files keeps its caches and a retrained one does not. Each
+    file is hashed once per process while its size and mtime stay the same."""
+    path = Path(path)
+
+    def one(file: Path) -> str:
+        stat = file.stat()
+        return _sha256_unchanged(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+    if path.is_file():
+        return one(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{file.relative_to(path).as_posix()}\x1f{one(file)}\n".encode())
     return h.hexdigest()
 
 

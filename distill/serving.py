@@ -77,6 +77,8 @@ class StudentServer:
 
         self.config, self.folder = config, folder
         self.prefix, self.pooling, self.normalize = config["prefix"], config.get("pooling"), config["normalize"]
+        # documents (retrieval candidates) take the student's document prefix where it has one (e5's "passage: ")
+        self.document_prefix = self.prefix if config.get("document_prefix") is None else config["document_prefix"]
         self.dims = config.get("dims")  # a 2D-Matryoshka point exported at fewer dimensions: cut, then normalise
         self.tokenizer = AutoTokenizer.from_pretrained(folder)  # batches: padding and truncation per call
         # one text: the Rust tokenizer itself, truncating, never padding (its own copy: settings are per object)
@@ -91,13 +93,15 @@ class StudentServer:
         """The embedding (dim,) float32 of one text."""
         raise NotImplementedError
 
-    def encode(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Embeddings (len(texts), dim) float32, batched longest first to cut padding."""
+    def encode(self, texts: list[str], batch_size: int = 32, document: bool = False) -> torch.Tensor:
+        """Embeddings (len(texts), dim) float32, batched longest first to cut padding; `document`: the texts are
+        documents (the document prefix)."""
+        prefix = self.document_prefix if document else self.prefix
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         out: torch.Tensor | None = None
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = self.tokenizer([self.prefix + texts[i] for i in idx], padding=True, truncation=True,
+            enc = self.tokenizer([prefix + texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.config["max_seq_length"], return_tensors="np")
             emb = self._batch(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
             if out is None:
@@ -197,8 +201,9 @@ class StaticServer(StudentServer):
         return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        ids = [self.ids(t) for t in texts]
+    def encode(self, texts: list[str], batch_size: int = 32, document: bool = False) -> torch.Tensor:
+        prefix = self.document_prefix if document else self.prefix
+        ids = [self.one.encode(prefix + t, add_special_tokens=False).ids for t in texts]
         flat = torch.tensor([i for row in ids for i in row], dtype=torch.long)
         offsets = torch.tensor([0, *np.cumsum([len(row) for row in ids])[:-1]], dtype=torch.long)
         emb = torch.nn.functional.embedding_bag(flat, self.table, offsets, mode="mean")  # empty bag: zeros

@@ -38,7 +38,7 @@ def write_sentence_transformers_config(folder: Path, cfg: dict[str, Any], dim: i
         {"word_embedding_dimension": dim, "pooling_mode_cls_token": cfg["pooling"] == "cls",
          "pooling_mode_mean_tokens": cfg["pooling"] == "mean", "pooling_mode_max_tokens": False,
          "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True}, indent=2))
-    _write_config(folder, cfg.get("prefix") or "", dims if dims is not None and dims < dim else None)
+    _write_config(folder, prompts(cfg), dims if dims is not None and dims < dim else None)
 
 
 def write_static_sentence_transformers_config(folder: Path, cfg: dict[str, Any]) -> None:
@@ -46,7 +46,7 @@ def write_static_sentence_transformers_config(folder: Path, cfg: dict[str, Any])
     `tokenizer.json` and `model.safetensors` at the root, which `StaticEmbedding` reads), + `Normalize`."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.StaticEmbedding"}]
     _write_modules(folder, modules, cfg["normalize"])
-    _write_config(folder, cfg.get("prefix") or "", None)
+    _write_config(folder, prompts(cfg), None)
 
 
 def _write_modules(folder: Path, modules: list[dict[str, Any]], normalize: bool) -> None:
@@ -71,12 +71,20 @@ def _write_slice(folder: Path, width: int, dims: int) -> None:
     save_file({"linear.weight": torch.eye(dims, width)}, str(folder / "model.safetensors"))
 
 
-def _write_config(folder: Path, prefix: str, truncate_dim: int | None) -> None:
+def prompts(cfg: dict[str, Any]) -> dict[str, str]:
+    """A student's prefixes as sentence-transformers prompts: `query` its prefix, `document` its document prefix
+    (the query's where it has none); empty when neither has one."""
+    query = cfg.get("prefix") or ""
+    document = cfg.get("document_prefix")
+    document = query if document is None else document
+    return {"query": query, "document": document} if query or document else {}
+
+
+def _write_config(folder: Path, prompts: dict[str, str], truncate_dim: int | None) -> None:
     # `query` and `document` prompts: sentence-transformers 6 gives both names an empty prompt unless the folder
     # sets them, and `encode_query`/`encode_document` use those rather than the default prompt
-    config = {"__version__": {"distill": _version()},
-              "prompts": {"query": prefix, "document": prefix} if prefix else {},
-              "default_prompt_name": "query" if prefix else None, "similarity_fn_name": "cosine"}
+    config = {"__version__": {"distill": _version()}, "prompts": prompts,
+              "default_prompt_name": "query" if prompts else None, "similarity_fn_name": "cosine"}
     if truncate_dim is not None:  # recorded for tools that read it; the Dense slice already cut the vectors
         config["truncate_dim"] = truncate_dim
     (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))

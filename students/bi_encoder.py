@@ -46,6 +46,9 @@ class BiEncoder(RecordsBackbone, nn.Module):
         normalize: L2-normalise embeddings (cosine = dot product).
         max_seq_length: tokens per text, truncated beyond.
         prefix: prepended to every input text (e.g. e5's "query: "); saved with the model.
+        document_prefix: prepended instead to documents (retrieval candidates: e5's "passage: "), where a data
+            module or caller says its texts are documents; null: documents take `prefix` too. Exported as the
+            sentence-transformers prompts `{"query": prefix, "document": document_prefix}`.
         dse_head: add the DSE pair head, a second scoring mode beside cosine.
         dse_hidden: hidden width of the DSE head (default: the embedding width).
         keep_layers: build a shallower student from these encoder layers of the backbone (0-based, increasing;
@@ -61,6 +64,7 @@ class BiEncoder(RecordsBackbone, nn.Module):
         normalize: bool = True,
         max_seq_length: int = 128,
         prefix: str = "",
+        document_prefix: str | None = None,
         dse_head: bool = False,
         dse_hidden: int | None = None,
         keep_layers: list[int] | None = None,
@@ -70,7 +74,8 @@ class BiEncoder(RecordsBackbone, nn.Module):
         if pooling not in ("mean", "cls"):
             raise ValueError(f"student pooling is {pooling!r}; expected 'mean' or 'cls'")
         self.config = {"pooling": pooling, "normalize": normalize, "max_seq_length": max_seq_length,
-                       "prefix": prefix, "dse_head": dse_head, "dse_hidden": dse_hidden,
+                       "prefix": prefix, "document_prefix": document_prefix, "dse_head": dse_head,
+                       "dse_hidden": dse_hidden,
                        "keep_layers": None if keep_layers is None else [int(i) for i in keep_layers], "dims": dims}
         try:  # BERT-like models carry an unused pooler; dropping it keeps DDP free of unused parameters
             self.encoder, self.backbone_path = load_backbone(AutoModel, backbone, add_pooling_layer=False)
@@ -101,9 +106,14 @@ class BiEncoder(RecordsBackbone, nn.Module):
         return (COSINE, DSE) if self.head is not None else (COSINE,)
 
     def tokenization(self) -> dict[str, Any]:
-        """How the datamodule must tokenise for this model (each text apart, with the prefix)."""
+        """How the datamodule must tokenise for this model (each text apart, with the prefixes)."""
         return {"tokenizer": self.backbone_path, "max_length": self.config["max_seq_length"], "joint": False,
-                "prefix": self.config["prefix"]}
+                "prefix": self.config["prefix"], "document_prefix": self.config.get("document_prefix")}
+
+    def prefix_of(self, document: bool) -> str:
+        """The prefix of a query, or of a document (its own where set, else the query's)."""
+        own = self.config.get("document_prefix")
+        return own if document and own is not None else self.config["prefix"]
 
     @property
     def depth(self) -> int:
@@ -184,8 +194,9 @@ class BiEncoder(RecordsBackbone, nn.Module):
         return out
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], batch_size: int = 32) -> Tensor:
-        """Embed texts, (len(texts), dim) float32 on CPU; sorted by length inside to cut padding."""
+    def encode(self, texts: list[str], batch_size: int = 32, document: bool = False) -> Tensor:
+        """Embed texts, (len(texts), dim) float32 on CPU; sorted by length inside to cut padding. `document`:
+        the texts are documents (the document prefix)."""
         tok = self.tokenizer
         was_training = self.training
         self.eval()
@@ -194,7 +205,7 @@ class BiEncoder(RecordsBackbone, nn.Module):
         out = torch.empty(len(texts), self.dim)
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = tok([self.config["prefix"] + texts[i] for i in idx], padding=True, truncation=True,
+            enc = tok([self.prefix_of(document) + texts[i] for i in idx], padding=True, truncation=True,
                       max_length=self.config["max_seq_length"], return_tensors="pt").to(device)
             out[idx] = self(enc["input_ids"], enc["attention_mask"]).float().cpu()
         self.train(was_training)

@@ -148,9 +148,9 @@ class StaticStudent(nn.Module):
         return {COSINE: nn.functional.cosine_similarity(u, v, dim=-1)}
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], batch_size: int = 256) -> Tensor:
+    def encode(self, texts: list[str], batch_size: int = 256, document: bool = False) -> Tensor:
         """Embed texts, (len(texts), dim) float32 on CPU, as sentence-transformers' StaticEmbedding does (no special
-        tokens, no truncation)."""
+        tokens, no truncation). `document` is accepted for the bi-encoder's interface: one prefix for both."""
         device = self.embedding.weight.device
         out = torch.empty(len(texts), self.dim)
         for start in range(0, len(texts), batch_size):

@@ -29,6 +29,8 @@ class CrossEncoder(RecordsBackbone, pl.LightningModule):
         weight_decay: AdamW weight decay (not on biases and norms).
         warmup_ratio: share of optimiser steps spent warming up, then linear decay to 0.
         prefix: prepended to both texts of every pair (e.g. e5's "query: "); saved with the model.
+        document_prefix: prepended instead to the second text, the document (retrieval: e5's "passage: ");
+            null: the second text takes `prefix` too.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class CrossEncoder(RecordsBackbone, pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         prefix: str = "",
+        document_prefix: str | None = None,
     ) -> None:
         super().__init__()
         if loss not in ("bce", "mse"):
@@ -71,7 +74,7 @@ class CrossEncoder(RecordsBackbone, pl.LightningModule):
     def tokenization(self) -> dict[str, Any]:
         """How the datamodule must tokenise for this model."""
         return {"tokenizer": self.backbone_path, "max_length": self.hparams.max_length, "joint": True,
-                "prefix": self.hparams.get("prefix", "")}
+                "prefix": self.hparams.get("prefix", ""), "document_prefix": self.hparams.get("document_prefix")}
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Raw scores: (batch,) logits for regression, (batch, num_labels) for classification."""

@@ -9,12 +9,12 @@ so its fingerprint is the folder's content hash (`content_sha256`) in place of a
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import struct
 from pathlib import Path
 from typing import Any
 
+from distill.score_cache import content_sha256
 from teachers.cross_encoder import CrossEncoder
 
 
@@ -87,19 +87,6 @@ def default_max_length(folder: Path) -> int:
     return min(int(recorded), limit) if isinstance(recorded, (int, float)) and recorded < 10**6 else min(512, limit)
 
 
-def content_sha256(folder: str | Path) -> str:
-    """Hash of every file under `folder` (relative path and content, in sorted order): the folder's fingerprint."""
-    root = Path(folder)
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 class FolderCrossEncoder(CrossEncoder):
     """An off-the-shelf cross-encoder read from a folder, with the interface of `teachers.CrossEncoder`.
 
@@ -108,13 +95,16 @@ class FolderCrossEncoder(CrossEncoder):
         max_length: tokens per pair (both texts together); default: the folder tokenizer's `model_max_length`
             (sentence-transformers saves its `max_length` there), capped at the model's positions.
         prefix: prepended to both texts of every pair, if the model was trained so.
+        document_prefix: prepended instead to the second text (the document), if the model was trained so.
     """
 
-    def __init__(self, folder: str, max_length: int | None = None, prefix: str = "") -> None:
+    def __init__(self, folder: str, max_length: int | None = None, prefix: str = "",
+                 document_prefix: str | None = None) -> None:
         path = model_folder(folder)
         num_labels = check_classifier(path)
         max_length = max_length or default_max_length(path)
-        super().__init__(backbone=str(path), num_labels=num_labels, max_length=max_length, prefix=prefix)
+        super().__init__(backbone=str(path), num_labels=num_labels, max_length=max_length, prefix=prefix,
+                         document_prefix=document_prefix)
         # the fingerprint (`distill.cache.teacher_fingerprint`) reads these: the values in use, not the arguments
         self.hparams.update(folder=str(folder), backbone=str(path), num_labels=num_labels, max_length=max_length)
         self._check_head(path)

@@ -152,7 +152,13 @@ def test_callback_logs_per_set_and_mean_keys(monkeypatch):
             "reqa/xquad/de-en": _set(["sun"], ["cat cat", "dog", "sun rain"], [(0, 1)])}
     monkeypatch.setattr(retrieval, "load", lambda name: sets[name])
     logged: dict[str, float] = {}
-    student = types.SimpleNamespace(encode=lambda texts, batch_size: bag_of_words(texts))
+    encoded: list[tuple[tuple[str, ...], bool]] = []
+
+    def encode(texts: list[str], batch_size: int, document: bool = False) -> torch.Tensor:
+        encoded.append((tuple(texts), document))
+        return bag_of_words(texts)
+
+    student = types.SimpleNamespace(encode=encode)
     module = types.SimpleNamespace(student=student, log_dict=lambda values, **kw: logged.update(values))
     callback = RetrievalEvaluation(val=list(sets))
     callback.on_validation_epoch_end(types.SimpleNamespace(sanity_checking=True), module)
@@ -161,6 +167,9 @@ def test_callback_logs_per_set_and_mean_keys(monkeypatch):
     assert logged["val/mrr@10/de"] == pytest.approx(1.0) and logged["val/mrr@10/de-en"] == pytest.approx(0.5)
     assert logged["val/mrr@10"] == pytest.approx(0.75)
     assert set(logged) == {f"val/{m}{s}" for m in ir_eval.METRICS for s in ("", "/de", "/de-en")}
+    # corpora as documents (the student's document prefix), questions as queries
+    assert sorted(encoded) == sorted([(("car", "dog dog"), True), (("cat cat", "dog", "sun rain"), True),
+                                      (("dog",), False), (("sun",), False)])
 
 
 def test_callback_refuses_an_unknown_set_at_construction():

@@ -52,6 +52,8 @@ class PairDataModule(pl.LightningDataModule):
         group_by_length: batch training pairs of similar length (less padding, faster on CPU).
         seed: seed of the training order.
         num_workers: DataLoader workers.
+        documents: `text_b` holds documents (retrieval candidates), tokenised with the model's document prefix
+            (e5's "passage: ") where it has one; False: both sides take its query prefix (a symmetric task: STS).
         tokenization: how to tokenise, as the model's `tokenization()` gives it (`tokenizer`, `max_length`,
             `joint`, `prefix`); the CLI links it from the model, so it is no config key. None: ask the model of
             the attached trainer.
@@ -75,6 +77,7 @@ class PairDataModule(pl.LightningDataModule):
         group_by_length: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        documents: bool = False,
         tokenization: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -112,6 +115,9 @@ class PairDataModule(pl.LightningDataModule):
     def _keep_columns(self, split: str) -> tuple[str, ...]:
         return ()
 
+    def _documents(self, split: str) -> bool:
+        return self.hparams.documents
+
     def _tokenization(self) -> dict[str, Any]:
         if self.tokenization is not None:
             return self.tokenization
@@ -131,7 +137,9 @@ class PairDataModule(pl.LightningDataModule):
 
     def _tokenised(self, split: str) -> tuple[Dataset, dict[str, Any]]:
         # tokenised once, then read back from Arrow (prepare_data on rank 0 writes it, setup on every rank reads)
-        spec = self._tokenization()
+        spec = dict(self._tokenization())
+        if not self._documents(split) or spec.get("document_prefix") is None:
+            spec.pop("document_prefix", None)  # both sides as queries: the tokenised file's name stays as before
         rows = self.rows(split, texts=split == "predict" and not spec["joint"])
         cache_file = tokenised_cache_file(rows, spec, split)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +241,8 @@ class GroupDataModule(PairDataModule):
     group share `text_a` (the query), the first row's `text_b` is the positive, the next ones negatives. The
     cache scores it like any pair file (`distill cache`), so each candidate's teacher score is joined by
     `pair_id`. For MarginMSE, ListwiseKL and InfoNCE with hard negatives. Validation and test stay pairs.
+    The train candidates are documents: a model with a document prefix (e5's "passage: ") gets it on them
+    (`documents: false` to tokenise them as queries); validation and test pairs are tokenised as queries.
 
     Args:
         group_column: the column that names each row's group.
@@ -240,14 +250,18 @@ class GroupDataModule(PairDataModule):
         (the rest): as `PairDataModule`.
     """
 
-    def __init__(self, group_column: str = "group", n_negatives: int = 3, **kwargs: Any) -> None:
+    def __init__(self, group_column: str = "group", n_negatives: int = 3, documents: bool = True,
+                 **kwargs: Any) -> None:
         # **kwargs: PairDataModule's arguments, which jsonargparse reads from its signature (data.init_args.train, ...)
         if n_negatives < 0:
             raise DataError(f"data.init_args.n_negatives is {n_negatives}; expected >= 0")
-        super().__init__(**kwargs)
+        super().__init__(documents=documents, **kwargs)
 
     def _keep_columns(self, split: str) -> tuple[str, ...]:
         return (self.hparams.group_column,) if split == "train" else ()
+
+    def _documents(self, split: str) -> bool:
+        return split == "train" and self.hparams.documents
 
     def build(self, split: str) -> Dataset:
         rows = super().build(split)

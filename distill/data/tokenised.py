@@ -84,21 +84,26 @@ def drop_if_unreadable(cache_file: Path, n_rows: int) -> None:
         cache_file.unlink()
 
 
-def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: bool, prefix: str = "") -> dict:
+def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: bool, prefix: str = "",
+             document_prefix: str | None = None) -> dict:
     """Tokenise pairs jointly (cross-encoder) or each side apart (bi-encoder), unpadded.
+
+    `text_a` gets `prefix`; `text_b` gets `document_prefix` where the data module says its texts are documents
+    (retrieval: e5's "passage: "), else `prefix` too (a symmetric task such as STS).
 
     Module-level with plain `fn_kwargs` so `Dataset.map` fingerprints it stably.
     """
     tok = load_tokenizer(tokenizer)
+    prefixes = {"a": prefix, "b": prefix if document_prefix is None else document_prefix}
     if joint:
-        enc = tok([prefix + t for t in batch["text_a"]], [prefix + t for t in batch["text_b"]], truncation=True,
+        enc = tok([prefix + t for t in batch["text_a"]], [prefixes["b"] + t for t in batch["text_b"]], truncation=True,
                   max_length=max_length)
         return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     out = {}
     for side in ("a", "b"):
         if f"text_{side}" not in batch:
             continue
-        enc = tok([prefix + t for t in batch[f"text_{side}"]], truncation=True, max_length=max_length)
+        enc = tok([prefixes[side] + t for t in batch[f"text_{side}"]], truncation=True, max_length=max_length)
         out[f"{side}_input_ids"] = enc["input_ids"]
         out[f"{side}_attention_mask"] = enc["attention_mask"]
     return out
