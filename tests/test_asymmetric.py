@@ -170,3 +170,15 @@ def test_cache_of_a_trained_teacher_without_a_checkpoint_is_refused(tiny_backbon
     with pytest.raises(CacheError) as err:
         cache(CrossEncoder(tiny_backbone), PairDataModule(train=pair_files["train"]), out=str(tmp_path / "c"))
     assert "--ckpt_path" in one_line(err) and not (tmp_path / "c").exists()
+
+
+def test_a_group_file_whose_candidates_have_no_cached_score_is_one_line(tiny_backbone: str, score_cache: Path,
+                                                                        tmp_path: Path):
+    """Groups are joined to the cache like pairs: candidates the cache never scored are named (count and first
+    pair) with the fix, before any step."""
+    spec = BiEncoder(tiny_backbone).tokenization()
+    groups = GroupDataModule(train=_group_file(tmp_path / "g.csv"), n_negatives=1, label_column=None,
+                             cache_dir=str(score_cache), tokenization=spec)
+    with pytest.raises(CacheError) as err:
+        groups.build("train")
+    assert one_line(err).startswith("8 of 8 training pairs have no teacher score") and "distill cache" in str(err.value)
