@@ -205,7 +205,7 @@ def main(
             scorer = TeacherScores(teacher_cache, teacher, teacher_ckpt, batch_size)
         frame = _groups(texts, emb, positives, min_gold, n_negatives, skip_top, excluded,  # type: ignore[arg-type]
                         Window(negatives, window_end, false_negative_margin, scorer, rng),
-                        encode_queries if asymmetric else None)
+                        encode_queries, asymmetric)
     path = write_pairs(frame.reset_index(drop=True), out)
     print(f"mine: {len(frame)} {'pairs' if mode == 'pairs' else 'rows in groups'} from {len(texts)} sentences "
           f"-> {path}")
@@ -282,7 +282,10 @@ def false_negatives(positive: np.ndarray, candidates: np.ndarray, margin: float)
 
 def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | None, n_negatives: int,
             skip_top: int, excluded: set, window: Window | None = None,
-            encode_queries: Callable[[list[str]], Tensor] | None = None) -> pd.DataFrame:
+            encode_queries: Callable[[list[str]], Tensor] | None = None, asymmetric: bool = False) -> pd.DataFrame:
+    """Groups of (query, positive, negatives from the pool). Queries outside the pool (questions against a pool of
+    answer sentences) are encoded apart with `encode_queries`, as are all of them when `asymmetric` (the student
+    gives queries and documents different prefixes); a query inside the pool is never its own negative."""
     window = window or Window()
     pairs, _ = read_pairs(positives, label_column="label" if min_gold is not None else None)
     if min_gold is not None:
@@ -291,15 +294,19 @@ def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | Non
         pairs = pairs.filter(lambda row: row["gold"] >= min_gold)
     position = {normalise(t): i for i, t in enumerate(texts)}
     queries = pairs["text_a"]
-    for what, texts_ in (("queries", queries), ("positives", pairs["text_b"])):
+    for what, texts_ in (("queries", [] if encode_queries else queries), ("positives", pairs["text_b"])):
         missing = [t for t in texts_ if normalise(t) not in position]
         if missing:
             raise DataError(f"{positives}: {len(missing)} {what} are not in the pool (first {missing[0][:60]!r}); add "
                             f"their file to --sentences")
     queries, positive_texts = list(queries), list(pairs["text_b"])
-    q_idx = torch.tensor([position[normalise(q)] for q in queries])
-    sims = (emb[q_idx] if encode_queries is None else encode_queries(queries)) @ emb.T  # (n_queries, N)
-    sims[torch.arange(len(q_idx)), q_idx] = float("-inf")
+    own = [(g, position[normalise(q)]) for g, q in enumerate(queries) if normalise(q) in position]
+    apart = encode_queries is not None and (asymmetric or len(own) < len(queries))
+    q_emb = encode_queries(queries) if apart else emb[torch.tensor([i for _, i in own])]  # type: ignore[misc]
+    sims = q_emb @ emb.T  # (n_queries, N)
+    if own:
+        rows_, cols = zip(*own)
+        sims[torch.tensor(rows_), torch.tensor(cols)] = float("-inf")
     if window.negatives != "random":
         # take enough nearest sentences that the query itself, its positive and skip_top still leave n_negatives
         depth = min(window.window_end or n_negatives + skip_top + 2, len(texts) - 1)
@@ -325,7 +332,7 @@ def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | Non
     rows = []
     for g in groups:
         q, p = queries[g], positive_texts[g]
-        rows.append((g, q, p, float((emb[position[normalise(q)]] @ emb[position[normalise(p)]]).item())))
+        rows.append((g, q, p, float((q_emb[g] @ emb[position[normalise(p)]]).item())))
         if window.negatives == "hardest":
             taken = candidates[g][:n_negatives]
         else:  # a seeded sample, written in rank order

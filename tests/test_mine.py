@@ -285,3 +285,32 @@ def test_mine_filters_with_a_folder_teacher(tiny_backbone, pair_files, tmp_path,
         frame["teacher"] = torch.sigmoid(model.eval()(**enc).logits.squeeze(-1)).numpy()
     for _, group in frame.groupby("group"):
         assert (group.teacher.iloc[1:] <= 0.99 * group.teacher.iloc[0] * (1 + 1e-5)).all()
+
+
+class _TwoSided(torch.nn.Module):
+    """A student whose documents and queries live in different places: documents `d0..d3` are the unit vectors
+    e0..e3; a query (never a document here) is embedded as the vector its text names (`q->2` is e2)."""
+
+    config = {"prefix": "query: "}
+
+    def prefix_of(self, document: bool) -> str:
+        return "passage: " if document else "query: "
+
+    def encode(self, texts: list[str], batch_size: int = 32, document: bool = False) -> torch.Tensor:
+        index = [int(t[1]) if document else int(t.split("->")[1]) for t in texts]
+        assert document == all(t.startswith("d") for t in texts), texts  # each side with its own prefix
+        return torch.eye(4)[index]
+
+
+def test_groups_for_queries_outside_the_pool_rank_documents_by_the_query_encoding(tmp_path: Path):
+    """Answer-sentence retrieval: questions are not in the sentence pool and a student with a document prefix
+    encodes the two sides apart; the hardest negative is the document nearest to the query's own encoding."""
+    pool = tmp_path / "pool.csv"
+    pd.DataFrame({"text_a": ["d0", "d1", "d2", "d3"], "text_b": ["d0", "d1", "d2", "d3"]}).to_csv(pool, index=False)
+    positives = tmp_path / "positives.csv"
+    pd.DataFrame({"text_a": ["q->2", "q->3"], "text_b": ["d0", "d1"]}).to_csv(positives, index=False)
+    out = mine.main(_TwoSided(), [str(pool)], str(tmp_path / "groups.csv"), mode="groups", positives=str(positives),
+                    n_negatives=1)
+    frame = pd.read_csv(out)
+    assert frame.groupby("group")["text_b"].apply(list).to_dict() == {0: ["d0", "d2"], 1: ["d1", "d3"]}
+    assert frame["similarity"].tolist() == [0.0, 1.0, 0.0, 1.0]
