@@ -25,7 +25,7 @@ from distill.cache_join import ScoreCache, join_caches
 from distill.cache_keys import normalise
 from distill.catalog_formats import read_lines
 from distill.data import DataError
-from distill.data.reading import _read_table
+from distill.data.reading import read_table
 from distill.data.tokenised import warn_truncated
 from distill.languages import FLORES_CODES, STSB_LANGUAGES, TATOEBA_CHALLENGE_CODES, TATOEBA_CODES, iso, native
 from distill.multilingual import PIVOT, MultilingualDataModule, _pair_row, pivot_pairs, read_stsb_mt
@@ -97,7 +97,7 @@ def read_parallel(source: str | dict[str, str], lang: str | None = None) -> Data
         except catalog.CatalogError as err:
             raise DataError(str(err)) from None
     else:
-        rows = _table(_read_table(Path(source), None), source, lang)
+        rows = _table(read_table(Path(source), None), source, lang)
     if not all(column(rows, "lang")):
         raise DataError(f"parallel source {source}: no language for its translations; add a `lang` column or key")
     _check_texts(column(rows, "source"), column(rows, "translation"), str(source), 2 if isinstance(source, str) and

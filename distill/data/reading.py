@@ -29,7 +29,9 @@ class DataError(ValueError):
 
 
 
-def _read_table(path: Path, file_format: str | None) -> pd.DataFrame:
+def read_table(path: Path, file_format: str | None) -> pd.DataFrame:
+    """A .csv/.tsv/.jsonl/.parquet file as a DataFrame (format from the suffix unless given); a missing or unreadable
+    file, or duplicate column names, is a one-line DataError."""
     fmt = file_format or FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use {', '.join(FORMATS)} or set the format")
@@ -176,7 +178,7 @@ def _read_source_table(source: str) -> pd.DataFrame:
             return catalog.load_hf(source).to_pandas()
         except catalog.CatalogError as err:
             raise DataError(str(err)) from None
-    return _read_table(Path(source), None)
+    return read_table(Path(source), None)
 
 
 def _texts(values: list[Any], path: Path, column: str) -> list[str]:
