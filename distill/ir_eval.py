@@ -164,9 +164,11 @@ class RetrievalEvaluation(Callback):
             mean nDCG@10 is `val/ndcg@10`.
         test: set names evaluated on test (e.g. `reqa/xquad/de`, `reqa/xquad/de-en`, `scifact/test`).
         batch_size: texts per forward pass while encoding.
+        max_queries: evaluate a seeded sample of this many queries per set (smoke runs; the corpus stays whole).
     """
 
-    def __init__(self, val: list[str] | None = None, test: list[str] | None = None, batch_size: int = 64) -> None:
+    def __init__(self, val: list[str] | None = None, test: list[str] | None = None, batch_size: int = 64,
+                 max_queries: int | None = None) -> None:
         from distill import retrieval
 
         unknown = [n for n in [*(val or []), *(test or [])] if n not in retrieval.SETS]
@@ -174,7 +176,7 @@ class RetrievalEvaluation(Callback):
             raise ValueError(f"RetrievalEvaluation: unknown set(s) {', '.join(unknown)}; known: "
                              f"{', '.join(retrieval.SETS)}")
         self.names = {"val": list(val or []), "test": list(test or [])}
-        self.batch_size = batch_size
+        self.batch_size, self.max_queries = batch_size, max_queries
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
         from distill import retrieval
@@ -182,7 +184,8 @@ class RetrievalEvaluation(Callback):
         if not self.names[split] or trainer.sanity_checking:
             return
         student = getattr(pl_module, "student", pl_module)
-        sets = {retrieval.metric_suffix(n): retrieval.load(n) for n in self.names[split]}
+        sets = {retrieval.metric_suffix(n): retrieval.sample_queries(retrieval.load(n), self.max_queries)
+                for n in self.names[split]}
         values = evaluate_sets(lambda texts: student.encode(texts, batch_size=self.batch_size), sets,
                                lambda texts: student.encode(texts, batch_size=self.batch_size, document=True))
         pl_module.log_dict(flat_keys(values, split), sync_dist=False)

@@ -326,6 +326,10 @@ def _groups(texts: list[str], emb: Tensor, positives: str, min_gold: float | Non
     if window.margin is not None:
         candidates = _drop_false_negatives(texts, queries, positive_texts, candidates, window)
         groups = [g for g in groups if len(candidates[g]) >= n_negatives]
+        if not groups:
+            raise DataError(f"{positives}: after the false-negative filter (margin {window.margin}) no group keeps "
+                            f"n_negatives={n_negatives} negatives; widen --window_end or raise "
+                            f"--false_negative_margin (is the teacher trained?)")
         if len(groups) < len(queries):  # GroupDataModule needs 1 + n_negatives rows in every group
             print(f"mine: {len(queries) - len(groups)} groups left with fewer than n_negatives={n_negatives} "
                   f"negatives are dropped (widen window_end to keep them)")

@@ -247,6 +247,25 @@ def check_no_overlap(rows: DatasetDict, paragraphs: set[str], question_ids: set[
                              f"paragraphs and their questions from the training data")
 
 
+def sample_queries(rows: DatasetDict, n_queries: int | None, seed: int = 0,
+                   max_docs: int | None = None) -> DatasetDict:
+    """A retrieval set with a seeded sample of `n_queries` queries and their qrels (None or more than it has: all),
+    and with `max_docs`, a corpus cut to the sample's relevant documents plus a seeded sample of the others (a
+    smaller pool is an easier task: for smoke runs and training subsets, never for reported test figures)."""
+    ids = list(rows["queries"]["query_id"])
+    kept = set(ids) if n_queries is None or n_queries >= len(ids) else set(
+        random.Random(seed).sample(sorted(ids), n_queries))
+    qrels = rows["qrels"].filter(lambda r: r["query_id"] in kept)
+    corpus = rows["corpus"]
+    if max_docs is not None and len(corpus) > max_docs:
+        relevant = set(qrels["doc_id"])
+        others = sorted(d for d in corpus["doc_id"] if d not in relevant)
+        keep_docs = relevant | set(random.Random(seed).sample(others, max(0, max_docs - len(relevant))))
+        corpus = corpus.filter(lambda r: r["doc_id"] in keep_docs)
+    queries = rows["queries"] if len(kept) == len(ids) else rows["queries"].filter(lambda r: r["query_id"] in kept)
+    return DatasetDict(queries=queries, corpus=corpus, qrels=qrels)
+
+
 def positive_pairs(rows: DatasetDict) -> Dataset:
     """(question, relevant sentence) pairs of a retrieval set (`pair_id`, `text_a`, `text_b`): the positives
     `distill mine --mode=groups` takes, in qrels order."""

@@ -175,3 +175,16 @@ def test_callback_logs_per_set_and_mean_keys(monkeypatch):
 def test_callback_refuses_an_unknown_set_at_construction():
     with pytest.raises(ValueError, match=r"unknown set\(s\) reqa/xquad/xx"):
         RetrievalEvaluation(val=["reqa/xquad/xx"])
+
+
+def test_sample_queries_keeps_each_kept_querys_qrels_and_relevant_documents():
+    """A seeded sample: the kept queries' qrels only, every relevant document kept when the corpus is cut, the
+    same sample on every call; None keeps the set whole."""
+    rows = _set([f"query {i}" for i in range(10)], [f"doc {i}" for i in range(50)], [(i, 5 * i) for i in range(10)])
+    sample = retrieval.sample_queries(rows, 4, max_docs=12)
+    kept = set(sample["queries"]["query_id"])
+    assert len(kept) == 4 and set(sample["qrels"]["query_id"]) == kept
+    assert {f"d{5 * int(q[1:])}" for q in kept} <= set(sample["corpus"]["doc_id"]) and len(sample["corpus"]) == 12
+    assert retrieval.sample_queries(rows, 4, max_docs=12)["queries"]["query_id"] == sample["queries"]["query_id"]
+    assert len(retrieval.sample_queries(rows, None)["corpus"]) == 50
+    retrieval.check_retrieval_set(sample, "sample")  # still a valid set: every query has a relevant document

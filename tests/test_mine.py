@@ -189,6 +189,14 @@ def test_hardest_with_the_filter_takes_the_next_ones(tmp_path, capsys):
     assert "dropped 2 of 6 candidates in 1 of 1 groups" in capsys.readouterr().out
 
 
+def test_a_filter_that_leaves_no_group_is_one_line(tmp_path):
+    """With window_end 4 only c1..c3 are scored; c1 and c2 are dropped, so no group keeps 3 negatives: an error
+    naming the margin and the fix, not an empty group file."""
+    window = mine.Window("hardest", window_end=4, margin=0.95, scorer=_scorer)
+    with pytest.raises(DataError, match=r"margin 0\.95\) no group keeps n_negatives=3 .*--window_end"):
+        mine._groups(POOL, _pool_emb(), _positives(tmp_path), None, 3, 0, set(), window)
+
+
 def test_window_samples_only_inside_the_rank_window(tmp_path):
     """negatives=window: skip the top 2 ranks (c1, positive), sample from ranks 2..5 (c2, c3, c4); over seeds,
     every one of them and nothing else is drawn."""
