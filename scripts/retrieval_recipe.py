@@ -2,10 +2,11 @@
 
 Stages (each timed into runs/retrieval/report.json; a killed run resumes where it stopped):
 1. `data`: answer-sentence retrieval pairs from the SQuAD training split (distill.retrieval: SQuAD v1.1 dev minus
-   every XQuAD paragraph and question, split by paragraph), a seeded subsample of its questions, the sentence pool;
+   every XQuAD paragraph and question, split by paragraph), the sentence pool, and a seeded sample of 2,000
+   questions for the students;
 2. `mine_groups`: `distill mine` with the zero-shot student (multilingual-e5-small, "query: " / "passage: "): each
    question's 2k nearest sentences that are not gold (k = the groups' negatives); the teacher's training pairs
-   are its positive and 3 hardest of them (labels 1 / 0), and the same for the dev split;
+   are every question's positive and 3 hardest of them (labels 1 / 0), and the same for the dev split;
 3. `teacher_fit` (configs/retrieval/teacher.yaml), then the **gate**: the teacher reranking the zero-shot
    student's top 100 must beat the zero-shot student by >= 0.05 nDCG@10 on the dev split (and, reported, on
    XQuAD en->en) before any student is trained; the XQuAD reranking is also the fixed fidelity reference;
@@ -64,8 +65,8 @@ WINDOW = 2 * NEGATIVES  # candidates the teacher scores per question, from which
 MARGIN = {False: 0.95, True: 1.5}  # the false-negative filter: drop a candidate the teacher scores above 95% of the
 # positive's score (smoke: 150%; its one-epoch teacher scores everything alike and would drop every candidate)
 DEPTH = 100  # the teacher reranks the zero-shot student's top DEPTH
-SIZES = {False: {"train_questions": 2000, "gate_questions": 300, "fidelity_questions": 300, "seeds": 3},
-         True: {"train_questions": 16, "gate_questions": 8, "fidelity_questions": 8, "seeds": 1}}
+SIZES = {False: {"student_questions": 2000, "gate_questions": 300, "fidelity_questions": 300, "seeds": 3},
+         True: {"student_questions": 8, "gate_questions": 8, "fidelity_questions": 8, "seeds": 1}}
 XX = ["ar", "de", "el", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]  # XQuAD's 11 languages beside English
 SMOKE_XX = ["de"]
 
@@ -74,18 +75,22 @@ SMOKE_XX = ["de"]
 
 
 def write_data(out: Path, smoke: bool) -> dict[str, Any]:
-    """Positive pairs and the sentence pool of the training and dev splits, as pair files `distill mine` reads."""
+    """Positive pairs and the sentence pool of the training and dev splits, as pair files `distill mine` reads: the
+    teacher learns from every training question, the students from a seeded sample of them (their time)."""
     folder = out / "data"
     folder.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for split in ("train", "dev"):
         rows = retrieval.load(f"reqa/squad/{split}")
-        if split == "train":
-            rows = sample_queries(rows, SIZES[smoke]["train_questions"], max_docs=300 if smoke else None)
-        elif smoke:
-            rows = sample_queries(rows, 16, max_docs=100)
+        if smoke:
+            rows = sample_queries(rows, 16, max_docs=300 if split == "train" else 100)
         positives = retrieval.positive_pairs(rows).to_pandas()
         positives.to_parquet(folder / f"{split}-positives.parquet", index=False)
+        if split == "train":
+            students = sample_queries(rows, SIZES[smoke]["student_questions"])
+            retrieval.positive_pairs(students).to_pandas().to_parquet(folder / "students-positives.parquet",
+                                                                      index=False)
+            sizes["students"] = {"questions": len(students["queries"]), "positive_pairs": len(students["qrels"])}
         sentences = sorted(set(rows["corpus"]["text"]))
         pd.DataFrame({"text_a": sentences, "text_b": sentences}).to_parquet(folder / f"{split}-pool.parquet",
                                                                           index=False)
@@ -94,11 +99,12 @@ def write_data(out: Path, smoke: bool) -> dict[str, Any]:
     return sizes
 
 
-def mine(out: Path, split: str, n_negatives: int, path: str, *extra: str) -> str:
+def mine(out: Path, split: str, n_negatives: int, path: str, *extra: str, positives: str | None = None) -> str:
+    """`distill mine` groups with the zero-shot student over a split's pool; no gold pair is ever a negative."""
     data = out / "data"
     student = json.dumps({"class_path": "students.BiEncoder", "init_args": E5})
     run_verb(["mine", "--student", student, "--sentences", json.dumps([str(data / f"{split}-pool.parquet")]),
-              "--out", path, "--mode", "groups", "--positives", str(data / f"{split}-positives.parquet"),
+              "--out", path, "--mode", "groups", "--positives", positives or str(data / f"{split}-positives.parquet"),
               "--n_negatives", str(n_negatives), "--exclude", json.dumps([str(data / f"{split}-positives.parquet")]),
               *extra])
     return path
@@ -124,12 +130,18 @@ def hardest(groups: str, out: str, negatives: int) -> str:
 
 
 def mine_all(out: Path, smoke: bool) -> dict[str, Any]:
+    """Every training question's WINDOW nearest non-gold sentences: the teacher's pairs (positive + 3 hardest), and
+    the students' questions' groups, which the teacher then scores (the same as mining their positives alone)."""
     data = out / "data"
     wide = mine(out, "train", WINDOW, str(data / "groups-wide.parquet"))
     dev = mine(out, "dev", NEGATIVES, str(data / "dev-groups.parquet"))
+    frame = pd.read_parquet(wide)
+    questions = set(pd.read_parquet(data / "students-positives.parquet")["text_a"])
+    students = str(data / "groups-wide-students.parquet")
+    frame[frame["text_a"].isin(questions)].to_parquet(students, index=False)
     return {"train_rows": teacher_pairs(wide, str(data / "teacher-train.parquet"), NEGATIVES),
             "dev_rows": teacher_pairs(dev, str(data / "teacher-dev.parquet"), NEGATIVES),
-            "wide_groups": wide}
+            "wide_groups": students}
 
 
 # --------------------------------------------------------------------------------------------- encoders
@@ -470,7 +482,8 @@ def run_stages(recipe: Recipe, report: dict[str, Any], out: Path, data: Path, sm
     filtered, unfiltered = data / "groups-filtered.parquet", data / "groups-unfiltered.parquet"
     recipe.stage("mine_filtered", lambda: mine(
         out, "train", NEGATIVES, str(filtered), "--window_end", str(WINDOW), "--false_negative_margin",
-        str(MARGIN[smoke]), "--teacher_cache", json.dumps([str(cache)])), done=filtered.is_file())
+        str(MARGIN[smoke]), "--teacher_cache", json.dumps([str(cache)]),
+        positives=str(data / "students-positives.parquet")), done=filtered.is_file())
     recipe.stage("groups_unfiltered", lambda: hardest(report["mined"]["wide_groups"], str(unfiltered), NEGATIVES),
                  done=unfiltered.is_file())
     reference = json.loads((out / "fidelity-reference.json").read_text())
