@@ -436,13 +436,18 @@ class TeacherScores:
         spec = teacher.tokenization()
         rows = Dataset.from_dict({"pair_id": ids, "text_a": text_a, "text_b": text_b})
         rows = rows.map(tokenize, batched=True, fn_kwargs=spec, remove_columns=["text_a", "text_b"])
-        loader = DataLoader(rows, batch_size=self.batch_size,
+        # longest first, so each batch pads to lengths alike (unsorted, a batch pads to its longest pair); the
+        # scores go back to the callers' order below
+        order = np.argsort([-len(ids_) for ids_ in rows["input_ids"]], kind="stable")
+        loader = DataLoader(rows.select(order), batch_size=self.batch_size,
                             collate_fn=PairCollator(load_tokenizer(spec["tokenizer"]).pad_token_id or 0))
         was_training = teacher.training
         teacher.eval()
         with torch.inference_mode():
-            raw = torch.cat([teacher(batch).float().cpu() for batch in loader]).numpy()
+            sorted_raw = torch.cat([teacher(batch).float().cpu() for batch in loader]).numpy()
         teacher.train(was_training)
+        raw = np.empty_like(sorted_raw)
+        raw[order] = sorted_raw
         return apply_transform(raw, teacher.score_transform).astype(np.float32)
 
 

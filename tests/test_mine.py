@@ -322,3 +322,21 @@ def test_groups_for_queries_outside_the_pool_rank_documents_by_the_query_encodin
     frame = pd.read_csv(out)
     assert frame.groupby("group")["text_b"].apply(list).to_dict() == {0: ["d0", "d2"], 1: ["d1", "d3"]}
     assert frame["similarity"].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_teacher_scores_come_back_in_the_callers_order(tiny_backbone: str):
+    """Pairs are scored longest first (less padding); the scores must return to the order asked, equal to scoring
+    each pair alone (a mix-up after sorting would permute them: the lengths here all differ)."""
+    from teachers import CrossEncoder
+
+    torch.manual_seed(0)
+    teacher = CrossEncoder(tiny_backbone)
+    with torch.no_grad():  # a random head scores every pair ~0.5; spread them so a permutation would show
+        for p in teacher.model.classifier.parameters():
+            p.mul_(1000)
+    a = ["a man.", "the cat sits on the mat with a dog.", "a dog runs in the park.", "red car."]
+    b = ["a woman plays guitar in the street.", "a cat.", "the dog.", "a big red car is on the street with a man."]
+    together = mine.TeacherScores(None, teacher, None, batch_size=4)(a, b)
+    alone = [mine.TeacherScores(None, teacher, None, batch_size=1)([x], [y])[0] for x, y in zip(a, b)]
+    assert np.allclose(together, alone, atol=1e-5, rtol=0)
+    assert min(abs(x - y) for i, x in enumerate(alone) for y in alone[i + 1:]) > 1e-4, alone
