@@ -182,3 +182,18 @@ def test_a_group_file_whose_candidates_have_no_cached_score_is_one_line(tiny_bac
     with pytest.raises(CacheError) as err:
         groups.build("train")
     assert one_line(err).startswith("8 of 8 training pairs have no teacher score") and "distill cache" in str(err.value)
+
+
+def test_a_cross_encoder_document_prefix_is_used_in_training_as_in_caching(tiny_backbone: str,
+                                                                           pair_files: dict[str, str]):
+    """A teacher's second text is its document wherever it is read: the training data module tokenises it with the
+    document prefix exactly as `distill cache` and `distill mine` do (teacher.tokenization() as it is)."""
+    from transformers import AutoTokenizer
+
+    spec = CrossEncoder(tiny_backbone, prefix=QUERY, document_prefix=DOCUMENT).tokenization()
+    rows = PairDataModule(val=pair_files["dev"], label_column=None, tokenization=spec).build("val")
+    first = PairDataModule(val=pair_files["dev"], label_column=None).rows("val")[0]
+    as_cached = tokenize({"text_a": [first["text_a"]], "text_b": [first["text_b"]]}, **spec)
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    assert rows[0]["input_ids"] == as_cached["input_ids"][0] == tok(QUERY + first["text_a"],
+                                                                   DOCUMENT + first["text_b"])["input_ids"]

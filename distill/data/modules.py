@@ -138,7 +138,9 @@ class PairDataModule(pl.LightningDataModule):
     def _tokenised(self, split: str) -> tuple[Dataset, dict[str, Any]]:
         # tokenised once, then read back from Arrow (prepare_data on rank 0 writes it, setup on every rank reads)
         spec = dict(self._tokenization())
-        if not self._documents(split) or spec.get("document_prefix") is None:
+        # a cross-encoder's second text is always its document (its own tokenization says so, as the cache and
+        # mining read it); a bi-encoder's only where the data module says so
+        if spec.get("document_prefix") is None or not (spec["joint"] or self._documents(split)):
             spec.pop("document_prefix", None)  # both sides as queries: the tokenised file's name stays as before
         rows = self.rows(split, texts=split == "predict" and not spec["joint"])
         cache_file = tokenised_cache_file(rows, spec, split)

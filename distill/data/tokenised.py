@@ -96,7 +96,8 @@ def tokenize(batch: dict[str, list], tokenizer: str, max_length: int, joint: boo
     tok = load_tokenizer(tokenizer)
     prefixes = {"a": prefix, "b": prefix if document_prefix is None else document_prefix}
     if joint:
-        enc = tok([prefix + t for t in batch["text_a"]], [prefixes["b"] + t for t in batch["text_b"]], truncation=True,
+        enc = tok([prefixes["a"] + t for t in batch["text_a"]], [prefixes["b"] + t for t in batch["text_b"]],
+                  truncation=True,
                   max_length=max_length)
         return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     out = {}
