@@ -76,8 +76,13 @@ class DistillModule(pl.LightningModule):
                     raise ValueError(f"model.init_args.objectives.{name} is a Matryoshka2D, which needs a transformer "
                                      f"student's layers (students.BiEncoder); remove it for a "
                                      f"{type(student).__name__}")
-                self._points[name] = resolve_points(objective.points, student.depth, student.width,
-                                                    f"model.init_args.objectives.{name}.init_args.points")
+                key = f"model.init_args.objectives.{name}.init_args.points"
+                self._points[name] = resolve_points(objective.points, student.depth, student.width, key)
+                cut = [p for p in self._points[name] if p[1] != student.width]
+                if objective.inputs == "embedding_targets" and cut:
+                    raise ValueError(f"{key}: {objective.objective.__class__.__name__} regresses onto the teacher's "
+                                     f"{student.width}-d vectors, so every point needs the full width (null); "
+                                     f"{[list(p) for p in cut]} cut it")
         if all(o.weight == 0 for o in self.objectives.values()):
             raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
         self.val_metrics = SpearmanByMode(student.modes)
@@ -220,6 +225,8 @@ class DistillModule(pl.LightningModule):
         """What `objective` is called with at one Matryoshka point: its embeddings, or its cosines and targets."""
         if objective.inputs == "embeddings":
             return query, positive, negatives
+        if objective.inputs == "embedding_targets":
+            return torch.cat([query, positive]), torch.cat([batch["t_a"], batch["t_b"]])
         if objective.inputs == "group_scores" and not grouped:
             raise ValueError(f"objective {name!r} needs grouped data: use data.class_path distill.data.GroupDataModule")
         return scores[COSINE], self._targets(batch, objective.target, name)

@@ -268,12 +268,18 @@ class ParallelDataModule(MultilingualDataModule):
             return super().build(split)
         rows, spec = self._tokenised("train")
         warn_truncated(rows, spec["max_length"], "parallel data (train)")
-        cache_dir = self.hparams.cache_dir
-        if cache_dir:  # teacher scores for the pivot rows; parallel rows have none (NaN: left out of the mean)
-            pivot = np.flatnonzero(np.array([bool(p) for p in column(rows, "pivot_id")]))
-            scores = np.full(len(rows), np.nan, np.float32)
-            if pivot.size:
-                caches = [ScoreCache(d) for d in ([cache_dir] if isinstance(cache_dir, str) else cache_dir)]
-                scores[pivot] = np.asarray(join_caches(caches, rows.select(pivot))["score"], np.float32)
-            rows = rows.add_column("score", scores)
-        return self.with_teacher_vectors(rows)
+        return self.with_teacher_vectors(with_pivot_scores(rows, self.hparams.cache_dir))
+
+
+def with_pivot_scores(rows: Dataset, cache_dir: str | list[str] | None) -> Dataset:
+    """Training rows with a `score` column: the cached teacher score of each pivot row (a non-empty `pivot_id`),
+    NaN for the rest (parallel or pool rows, which the score objectives leave out); the rows unchanged without a
+    cache."""
+    if not cache_dir:
+        return rows
+    pivot = np.flatnonzero(np.array([bool(p) for p in column(rows, "pivot_id")]))
+    scores = np.full(len(rows), np.nan, np.float32)
+    if pivot.size:
+        caches = [ScoreCache(d) for d in ([cache_dir] if isinstance(cache_dir, str) else cache_dir)]
+        scores[pivot] = np.asarray(join_caches(caches, rows.select(pivot))["score"], np.float32)
+    return rows.add_column("score", scores)

@@ -3,9 +3,11 @@ served and benched side by side with the sentence-transformers models a user wou
 
 Stages (each timed into runs/frontier/report.json; a killed run resumes where it stopped):
 1. the strong cross-encoder and its STS-B train cache (shared with the other recipes; a small MiniLM one in smoke);
-2. students from configs/frontier/: `layers-6` (the reference), `layers-3`, `layers-2` (keep_layers), `dims-128`,
-   `matryoshka` (one run, six (layers, dims) points), then `static` (token vectors of the exported layers-6
-   student, fine-tuned on the same scores);
+2. students from configs/frontier/: `layers-6` (the reference, exported at once), `layers-3`, `layers-2`
+   (keep_layers), `dims-128`, `matryoshka` (one run, six (layers, dims) points), then `static` (token vectors of
+   the exported reference, fine-tuned). All fit the same cached teacher scores; the shallow, Matryoshka and static
+   students also learn the exported reference's vectors of a ~30,000-sentence pool (configs/frontier/pool.yaml:
+   embedding-level distillation, as sentence-transformers reduces layers and model2vec's tokenlearn fits tables);
 3. every student exported (`distill export`, ONNX int8 where the width is whole; the Matryoshka run at each of its
    points with --layers/--dims);
 4. for every exported folder and backend, and for the peers: STS-B test Spearman (cosine, whole test set) and
@@ -45,8 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CAP_MIN = 90  # the all-in time cap, minutes (issue 19)
 BASE = ["--config", "configs/frontier/student.yaml"]
 SMOKE = ["--config", "configs/frontier/smoke.yaml"]
-VARIANTS = {"layers-6": [], "layers-3": ["layers-3"], "layers-2": ["layers-2"], "dims-128": ["dims-128"],
-            "matryoshka": ["matryoshka"]}
+REFERENCE = "layers-6"
+#: variant -> overlays on BASE; those with `pool` also learn the exported reference's vectors of a sentence pool
+VARIANTS = {REFERENCE: [], "layers-3": ["layers-3", "pool"], "layers-2": ["layers-2", "pool"],
+            "dims-128": ["dims-128"], "matryoshka": ["pool", "pool-matryoshka"]}
+STATIC = ["static", "pool", "static-pool"]
 #: the Matryoshka run's points (layers, dims) and the separately trained student at the same point
 POINTS = {(6, 384): "layers-6", (6, 128): "dims-128", (3, 384): "layers-3", (3, 128): None, (2, 384): "layers-2",
           (2, 64): None}
@@ -302,31 +307,34 @@ def main() -> None:
         _, cache = teacher_and_cache(recipe, out, args.smoke)
         cached = [f"--data.init_args.cache_dir={cache}"]
         fits = report.setdefault("fits", {})
-        for name, names in VARIANTS.items():
-            if name not in fits:
-                fits[name] = recipe.stage(f"fit_{name}", lambda n=name, o=names: fit(out, n, overlays(o, args.smoke),
-                                                                                      cached), keep=True)
         exports = report.setdefault("exports", {})
+
+        def fit_stage(name: str, names: list[str], extra: list[str]) -> None:
+            if name not in fits:
+                fits[name] = recipe.stage(f"fit_{name}", lambda: fit(out, name, overlays(names, args.smoke), extra),
+                                          keep=True)
+
+        def export_stage(key: str, name: str, layers: int | None = None, dims: int | None = None,
+                         onnx: bool = True) -> None:
+            if key not in exports:
+                exports[key] = recipe.stage(f"export_{key}", lambda: export(
+                    fits[name]["checkpoint"], out / "export" / key, layers, dims, onnx=onnx), keep=True)
+
+        # the reference first: the pool students learn its exported vectors
+        fit_stage(REFERENCE, VARIANTS[REFERENCE], cached)
+        export_stage(REFERENCE, REFERENCE)
+        source = ROOT / exports[REFERENCE]["folder"]
+        vectors = [f"--data.init_args.teacher_embeddings={source}"]
+        for name, names in VARIANTS.items():
+            fit_stage(name, names, [*cached, *(vectors if "pool" in names else [])])
         for name in VARIANTS:
             if name == "matryoshka":
                 for layers, dims in POINTS:
-                    key = f"matryoshka-{layers}x{dims}"
-                    if key not in exports:
-                        exports[key] = recipe.stage(f"export_{key}", lambda a=layers, d=dims, k=key: export(
-                            fits["matryoshka"]["checkpoint"], out / "export" / k, a, d,
-                            onnx=d == 384 and not args.smoke), keep=True)
-            elif name not in exports:
-                # smoke: ONNX int8 on the reference only (each ONNX export and int8 check costs ~30 s)
-                exports[name] = recipe.stage(f"export_{name}", lambda n=name: export(
-                    fits[n]["checkpoint"], out / "export" / n, onnx=n == "layers-6" or not args.smoke), keep=True)
-        if "static" not in fits:
-            source = ROOT / exports["layers-6"]["folder"]
-            fits["static"] = recipe.stage("fit_static", lambda: fit(
-                out, "static", overlays(["static"], args.smoke),
-                [*cached, f"--model.init_args.student.init_args.source={source}"]), keep=True)
-        if "static" not in exports:
-            exports["static"] = recipe.stage("export_static", lambda: export(
-                fits["static"]["checkpoint"], out / "export" / "static", onnx=False), keep=True)
+                    export_stage(f"matryoshka-{layers}x{dims}", name, layers, dims, onnx=dims == 384 and not args.smoke)
+            else:  # smoke: ONNX int8 on the reference only (each ONNX export and int8 check costs ~30 s)
+                export_stage(name, name, onnx=name == REFERENCE or not args.smoke)
+        fit_stage("static", STATIC, [*cached, *vectors, f"--model.init_args.student.init_args.source={source}"])
+        export_stage("static", "static", onnx=False)
         if "figures" not in report:
             report["figures"] = recipe.stage("accuracy_and_speed", lambda: accuracy_and_speed(
                 exports, args.smoke, 2 if args.smoke else 5), keep=True)

@@ -56,8 +56,9 @@ class Matryoshka2D(nn.Module):
     "2D Matryoshka Sentence Embeddings", arXiv:2402.14776 (layers x dims).
 
     Args:
-        objective: the wrapped objective (`distill.losses`, not an `EmbeddingMSE`: the teacher's vectors have one
-            width); its own weight must stay 1.0: this wrapper's `weight` weighs the term.
+        objective: the wrapped objective (`distill.losses`); its own weight must stay 1.0: this wrapper's `weight`
+            weighs the term. An `EmbeddingMSE` takes points of the full width only (the teacher's vectors have
+            one width): each listed depth regressed onto the teacher's vector, as a layer-reduced student is.
         points: [layers, dims] pairs, e.g. `[[null, null], [null, 128], [3, 64]]`.
         point_weights: one multiplier per point (default: 1.0 each).
         weight: multiplier of this term in the total loss (>= 0; 0 switches it off).
@@ -69,9 +70,11 @@ class Matryoshka2D(nn.Module):
         self.weight = check_weight(weight, "Matryoshka2D")
         problems = []
         inputs = getattr(objective, "inputs", None)
-        if isinstance(objective, Matryoshka2D) or inputs not in ("pair_scores", "group_scores", "embeddings"):
+        if isinstance(objective, Matryoshka2D) or inputs not in ("pair_scores", "group_scores", "embeddings",
+                                                                     "embedding_targets"):
             problems.append(f"objective is a {type(objective).__name__}; expected a pair, group or embedding "
-                            f"objective of distill.losses (ScoreRegression, MarginMSE, ListwiseKL, InfoNCE)")
+                            f"objective of distill.losses (ScoreRegression, MarginMSE, ListwiseKL, InfoNCE, "
+                            f"EmbeddingMSE)")
         elif getattr(objective, "weight", 1.0) != 1.0:
             problems.append(f"objective's own weight is {objective.weight}; leave "
                             f"init_args.objective.init_args.weight at 1.0 and set init_args.weight instead")
@@ -89,7 +92,8 @@ class Matryoshka2D(nn.Module):
 
     @property
     def inputs(self) -> str:
-        """What the wrapped objective consumes (`pair_scores`, `group_scores` or `embeddings`)."""
+        """What the wrapped objective consumes (`pair_scores`, `group_scores`, `embeddings` or
+        `embedding_targets`)."""
         return self.objective.inputs
 
     @property
