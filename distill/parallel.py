@@ -158,7 +158,40 @@ def test_sentences(languages: list[str]) -> tuple[set[str], list[str]]:
     return texts, names
 
 
-class ParallelDataModule(MultilingualDataModule):
+class EmbeddingKDDataModule(MultilingualDataModule):
+    """Training rows for embedding-level KD (`kd_rows`: pair rows whose `src_a`/`src_b` name the sentences the
+    teacher bi-encoder embeds, scores NaN), after the teacher-scored stsb_multi_mt pairs of `pivot_languages`
+    when set, so pair-score KD and embedding KD train in one run; validation and test as
+    `MultilingualDataModule`. Subclasses say where the rows come from (`ParallelDataModule`,
+    `distill.pool.SentencePoolDataModule`) and take `pivot_languages` as an argument."""
+
+    what = "training data"  # named in the truncation warning
+
+    def kd_rows(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def rows(self, split: str, texts: bool = False) -> Dataset:
+        if split != "train":
+            return super().rows(split, texts)
+        hp = self.hparams
+        table = Dataset.from_list(self.kd_rows())
+        if hp.pivot_languages:
+            pivots = pivot_pairs(hp.pivot_languages, "train", hp.mix_ratio, hp.max_source_pairs, hp.seed)
+            table = concatenate_datasets([pivots, table.cast(pivots.features)])
+        if hp.max_pairs is not None:
+            table = table.select(range(min(hp.max_pairs, len(table))))
+        self.label_ranges["train"] = (0.0, 5.0)
+        return table
+
+    def build(self, split: str) -> Dataset:
+        if split != "train":
+            return super().build(split)
+        rows, spec = self._tokenised("train")
+        warn_truncated(rows, spec["max_length"], f"{self.what} (train)")
+        return self.with_teacher_vectors(with_pivot_scores(rows, self.hparams.cache_dir))
+
+
+class ParallelDataModule(EmbeddingKDDataModule):
     """Alignment from parallel data, optionally mixed with teacher-scored pivot pairs (one run, one loader).
 
     Train rows: (English source, translation) pairs as pair rows — `text_a` the source, `text_b` the
@@ -246,29 +279,12 @@ class ParallelDataModule(MultilingualDataModule):
               f"is in a test or validation set; {duplicates} duplicates)", flush=True)
         return rows.select(chosen)
 
-    def rows(self, split: str, texts: bool = False) -> Dataset:
-        if split != "train":
-            return super().rows(split, texts)
-        hp = self.hparams
-        parallel = self.parallel_rows()
-        nan = math.nan
-        rows = [_pair_row(s, t, nan, PIVOT, lang, "", s, s) for s, t, lang in
-                zip(*(column(parallel, c) for c in ("source", "translation", "lang")))]
-        table = Dataset.from_list(rows)
-        if hp.pivot_languages:
-            pivots = pivot_pairs(hp.pivot_languages, "train", hp.mix_ratio, hp.max_source_pairs, hp.seed)
-            table = concatenate_datasets([pivots, table.cast(pivots.features)])
-        if hp.max_pairs is not None:
-            table = table.select(range(min(hp.max_pairs, len(table))))
-        self.label_ranges["train"] = (0.0, 5.0)
-        return table
+    what = "parallel data"
 
-    def build(self, split: str) -> Dataset:
-        if split != "train":
-            return super().build(split)
-        rows, spec = self._tokenised("train")
-        warn_truncated(rows, spec["max_length"], "parallel data (train)")
-        return self.with_teacher_vectors(with_pivot_scores(rows, self.hparams.cache_dir))
+    def kd_rows(self) -> list[dict[str, Any]]:
+        parallel = self.parallel_rows()
+        return [_pair_row(s, t, math.nan, PIVOT, lang, "", s, s) for s, t, lang in
+                zip(*(column(parallel, c) for c in ("source", "translation", "lang")))]
 
 
 def with_pivot_scores(rows: Dataset, cache_dir: str | list[str] | None) -> Dataset:

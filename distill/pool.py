@@ -17,16 +17,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, concatenate_datasets
-
 from distill import catalog
 from distill.cache_keys import normalise
 from distill.catalog_formats import read_lines
 from distill.data import DataError
 from distill.data.reading import read_table
-from distill.data.tokenised import warn_truncated
-from distill.multilingual import PIVOT, MultilingualDataModule, _pair_row, pivot_pairs
-from distill.parallel import with_pivot_scores
+from distill.multilingual import PIVOT, _pair_row
+from distill.parallel import EmbeddingKDDataModule
 
 
 def pool_texts(source: str) -> list[str]:
@@ -63,7 +60,7 @@ def pool_texts(source: str) -> list[str]:
     return [str(t) for t in frame["text"]]
 
 
-class SentencePoolDataModule(MultilingualDataModule):
+class SentencePoolDataModule(EmbeddingKDDataModule):
     """Embedding-level distillation over a sentence pool, optionally mixed with teacher-scored pairs.
 
     Train rows: the pool's sentences (deduplicated, every sentence of an `exclude` set dropped, a seeded random
@@ -143,24 +140,8 @@ class SentencePoolDataModule(MultilingualDataModule):
               f"{', '.join(hp.exclude) or 'no set'}; {self.report['duplicates']} duplicates)", flush=True)
         return kept
 
-    def rows(self, split: str, texts: bool = False) -> Dataset:
-        if split != "train":
-            return super().rows(split, texts)
-        hp = self.hparams
-        pool = self.pool_sentences()
-        nan = math.nan
-        table = Dataset.from_list([_pair_row(a, b, nan, PIVOT, PIVOT, "", a, b) for a, b in zip(pool[::2], pool[1::2])])
-        if hp.pivot_languages:
-            pivots = pivot_pairs(hp.pivot_languages, "train", hp.mix_ratio, hp.max_source_pairs, hp.seed)
-            table = concatenate_datasets([pivots, table.cast(pivots.features)])
-        if hp.max_pairs is not None:
-            table = table.select(range(min(hp.max_pairs, len(table))))
-        self.label_ranges["train"] = (0.0, 5.0)
-        return table
+    what = "sentence pool"
 
-    def build(self, split: str) -> Dataset:
-        if split != "train":
-            return super().build(split)
-        rows, spec = self._tokenised("train")
-        warn_truncated(rows, spec["max_length"], "sentence pool (train)")
-        return self.with_teacher_vectors(with_pivot_scores(rows, self.hparams.cache_dir))
+    def kd_rows(self) -> list[dict[str, Any]]:
+        pool = self.pool_sentences()
+        return [_pair_row(a, b, math.nan, PIVOT, PIVOT, "", a, b) for a, b in zip(pool[::2], pool[1::2])]
