@@ -2,8 +2,10 @@
 served and benched side by side with the sentence-transformers models a user would pick instead.
 
 Stages (each timed into runs/frontier/report.json; a killed run resumes where it stopped):
-1. the strong cross-encoder and its STS-B train cache (shared with the other recipes; a small MiniLM one in smoke);
-2. students from configs/frontier/: `layers-6` (the reference, exported at once), `layers-3`, `layers-2`
+1. the strong cross-encoder and its STS-B train cache (shared with the other recipes; a small MiniLM one in smoke),
+   and 5,000 AugSBERT silver pairs for the reference (mined from STS-B train sentences, scored by that teacher);
+2. students from configs/frontier/: `layers-6` (the reference, on STS-B train + the silver pairs, exported at
+   once), `layers-3`, `layers-2`
    (keep_layers), `dims-128`, `matryoshka` (one run, six (layers, dims) points), then `static` (token vectors of
    the exported reference, fine-tuned). All fit the same cached teacher scores; the shallow, Matryoshka and static
    students also learn the exported reference's vectors of a ~30,000-sentence pool (configs/frontier/pool.yaml:
@@ -35,7 +37,9 @@ import torch
 from distill.machine import describe
 from distill.recipe import (
     QUIET,
+    STRONG_CACHE,
     TimeCapReached,
+    cache_complete,
     close_recipe,
     open_recipe,
     recipe_arguments,
@@ -49,7 +53,7 @@ BASE = ["--config", "configs/frontier/student.yaml"]
 SMOKE = ["--config", "configs/frontier/smoke.yaml"]
 REFERENCE = "layers-6"
 #: variant -> overlays on BASE; those with `pool` also learn the exported reference's vectors of a sentence pool
-VARIANTS = {REFERENCE: [], "layers-3": ["layers-3", "pool"], "layers-2": ["layers-2", "pool"],
+VARIANTS = {REFERENCE: ["silver"], "layers-3": ["layers-3", "pool"], "layers-2": ["layers-2", "pool"],
             "dims-128": ["dims-128"], "matryoshka": ["pool", "pool-matryoshka"]}
 STATIC = ["static", "pool", "static-pool"]
 #: the Matryoshka run's points (layers, dims) and the separately trained student at the same point
@@ -60,6 +64,7 @@ SMOKE_PEERS = PEERS[:1]  # mpnet alone would take a smoke run's minutes
 N_CANDIDATES = {False: 1000, True: 100}  # 1 query vs N pre-encoded candidates (smoke: fewer)
 BACKENDS = ["torch-fp32", "onnx-int8"]
 ST_DISTILLED = 0.8544  # sentence-transformers' own distilled MiniLM-L6 here (ANCHORS.md)
+SILVER_PAIRS = {False: 5000, True: 64}  # the reference's teacher-scored silver pairs (configs/frontier/silver.yaml)
 
 
 def overlays(names: list[str], smoke: bool) -> list[str]:
@@ -94,6 +99,28 @@ def export(ckpt: str, folder: Path, layers: int | None = None, dims: int | None 
         run_verb(args + ["--onnx", "true"])
     return {"folder": os.path.relpath(folder, ROOT), "onnx": onnx, "int8": onnx and refused is None,
             "int8_refused": refused}
+
+
+def silver(recipe: Any, out: Path, teacher: str, smoke: bool) -> tuple[Path, Path]:
+    """The reference's AugSBERT silver pairs (mined from STS-B train sentences by the zero-shot MiniLM-L6) and the
+    teacher's cache of them; in smoke, from 128 train pairs' sentences and scored by the smoke's teacher."""
+    from distill import catalog
+
+    folder = out / "silver"
+    pairs, cache = folder / "pairs.parquet", folder / "cache"
+    sentences = "stsb/train"
+    if smoke:  # the whole train set would cost the smoke ~45 s of encoding
+        folder.mkdir(parents=True, exist_ok=True)
+        sentences = str(folder / "sentences.parquet")
+        catalog.load("stsb/train").rows.select(range(128)).to_pandas()[["text_a", "text_b"]].to_parquet(sentences)
+    recipe.stage("mine_silver", lambda: run_verb([
+        "mine", "--config", "configs/mine/silver.yaml", f"--sentences=[{sentences}]", f"--out={pairs}",
+        f"--max_pairs={SILVER_PAIRS[smoke]}"]))
+    scorer = ["--config", "configs/cache/quickstart.yaml"] if smoke else STRONG_CACHE
+    recipe.stage("cache_silver", lambda: run_verb([
+        "cache", *scorer, "--config", "configs/cache/silver.yaml", f"--data.init_args.train={pairs}",
+        f"--out={cache}", "--ckpt_path", teacher]), done=cache_complete(cache))
+    return pairs, cache
 
 
 def stsb_texts(smoke: bool) -> tuple[list[str], list[str], list[float]]:
@@ -304,8 +331,9 @@ def main() -> None:
     recipe = open_recipe(args, ROOT, "frontier", CAP_MIN, markdown)
     report, out = recipe.report, recipe.out
     try:
-        _, cache = teacher_and_cache(recipe, out, args.smoke)
+        teacher, cache = teacher_and_cache(recipe, out, args.smoke)
         cached = [f"--data.init_args.cache_dir={cache}"]
+        pairs, silver_cache = silver(recipe, out, teacher, args.smoke)
         fits = report.setdefault("fits", {})
         exports = report.setdefault("exports", {})
 
@@ -321,7 +349,8 @@ def main() -> None:
                     fits[name]["checkpoint"], out / "export" / key, layers, dims, onnx=onnx), keep=True)
 
         # the reference first: the pool students learn its exported vectors
-        fit_stage(REFERENCE, VARIANTS[REFERENCE], cached)
+        fit_stage(REFERENCE, VARIANTS[REFERENCE], [f"--data.init_args.train=[stsb/train, {pairs}]",
+                                                   f"--data.init_args.cache_dir=[{cache}, {silver_cache}]"])
         export_stage(REFERENCE, REFERENCE)
         source = ROOT / exports[REFERENCE]["folder"]
         vectors = [f"--data.init_args.teacher_embeddings={source}"]
