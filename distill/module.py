@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torchmetrics.regression import SpearmanCorrCoef
 
 from distill.evaluation import SpearmanByMode, compute_sets
 from distill.losses import Matryoshka2D, ScoreRegression
@@ -87,6 +88,12 @@ class DistillModule(pl.LightningModule):
             raise ValueError("every objective has weight 0: nothing would be trained; set a weight > 0")
         self.val_metrics = SpearmanByMode(student.modes)
         self.test_metrics = SpearmanByMode(student.modes)
+        # each Matryoshka point's own cosine Spearman (`{split}/spearman_cosine/<layers>x<dims>`): what a point's
+        # weights are tuned on, without exporting it; the full student's keys above stay the selection key
+        self._eval_points = sorted({p for points in self._points.values() for p in points})
+        self.point_metrics = nn.ModuleDict({split: nn.ModuleDict({_point_key(p): SpearmanCorrCoef()
+                                                                  for p in self._eval_points})
+                                            for split in ("val", "test")})
         # multilingual data: split -> set name (`de`, `de-en`) -> metrics, made in setup from the datamodule
         self.set_metrics = nn.ModuleDict({"val": nn.ModuleDict(), "test": nn.ModuleDict()})
         self._memo: dict[tuple[int, ...], Tensor] = {}  # text (token ids) -> embedding, within one eval epoch
@@ -245,6 +252,8 @@ class DistillModule(pl.LightningModule):
 
     def _update(self, split: str, batch: dict[str, Any]) -> None:
         scores, gold = self._encode_pair(batch), self._targets(batch, "gold", "validation" if split == "val" else split)
+        if self._eval_points:
+            self._update_points(split, batch, gold)
         sets = self.set_metrics[split]
         if "eval_set" in batch and len(sets):
             names = batch["eval_set"]
@@ -253,6 +262,20 @@ class DistillModule(pl.LightningModule):
                 sets[name].update({m: s[keep] for m, s in scores.items()}, gold[keep])
         else:
             (self.val_metrics if split == "val" else self.test_metrics).update(scores, gold)
+
+    def _update_points(self, split: str, batch: dict[str, Any], gold: Tensor) -> None:
+        ids = torch.cat([batch["a_input_ids"], batch["b_input_ids"]])
+        mask = torch.cat([batch["a_attention_mask"], batch["b_attention_mask"]])
+        _, at_point = self.student.embed_points(ids, mask, self._eval_points)
+        for point, emb in at_point.items():
+            u, v = emb.chunk(2)
+            self.point_metrics[split][_point_key(point)].update(_cosine(u, v)[COSINE].float(), gold)
+
+    def _log_points(self, split: str) -> None:
+        for key, metric in self.point_metrics[split].items():
+            if metric.update_count:  # a split that saw no batch (a sanity check cut short) has nothing to log
+                self.log(f"{split}/spearman_cosine/{key}", metric.compute())
+            metric.reset()
 
     def _compute(self, split: str) -> dict[str, Tensor]:
         """Spearman per scoring mode; with named sets, logged per set and averaged over them (the mean is what
@@ -286,11 +309,13 @@ class DistillModule(pl.LightningModule):
         self.selected_mode = max(values, key=lambda m: values[m].item())
         self.log_dict({f"val/spearman_{m}": v for m, v in values.items()})
         self.log("val/spearman", values[self.selected_mode], prog_bar=True)
+        self._log_points("val")
 
     def on_test_epoch_end(self) -> None:
         values = self._compute("test")
         self.log_dict({f"test/spearman_{m}": v for m, v in values.items()})
         self.log("test/spearman", values[self.selected_mode])
+        self._log_points("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Student embeddings of single texts, with their ids."""
@@ -306,6 +331,11 @@ class DistillModule(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup_ratio, {"student.head.": hp.head_lr})
+
+
+def _point_key(point: tuple[int, int]) -> str:
+    """A Matryoshka point's suffix in logged keys: `3x128` (layers x dims)."""
+    return f"{point[0]}x{point[1]}"
 
 
 def _cosine(u: Tensor, v: Tensor) -> dict[str, Tensor]:

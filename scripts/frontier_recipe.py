@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 import time
@@ -77,8 +78,26 @@ def fit(out: Path, name: str, config: list[str], extra: list[str]) -> dict[str, 
     done = run_verb(["fit", *config, f"--trainer.default_root_dir={folder}",
                      f"--trainer.logger.init_args.save_dir={folder}", *QUIET, *extra])
     cb = done.trainer.checkpoint_callback
-    return {"checkpoint": os.path.relpath(cb.best_model_path, ROOT),
-            "dev_spearman": round(float(cb.best_model_score), 4), "fit_s": round(time.perf_counter() - start, 1)}
+    result = {"checkpoint": os.path.relpath(cb.best_model_path, ROOT),
+              "dev_spearman": round(float(cb.best_model_score), 4), "fit_s": round(time.perf_counter() - start, 1)}
+    points = dev_points(Path(done.trainer.logger.log_dir) / "metrics.csv")
+    return {**result, "dev_points": points} if points else result
+
+
+def dev_points(metrics_csv: Path) -> dict[str, float]:
+    """A Matryoshka run's per-point dev Spearman (`val/spearman_cosine/<layers>x<dims>`) at the validation that
+    selected its checkpoint (the best val/spearman row of the CSV log); empty for other students."""
+    import pandas as pd
+
+    if not metrics_csv.is_file():
+        return {}
+    frame = pd.read_csv(metrics_csv)
+    keys = [c for c in frame.columns if re.fullmatch(r"val/spearman_cosine/\d+x\d+", c)]
+    rows = frame.dropna(subset=["val/spearman"]) if "val/spearman" in frame else frame.iloc[:0]
+    if not keys or rows.empty:
+        return {}
+    best = rows.loc[rows["val/spearman"].idxmax()]
+    return {k.rsplit("/", 1)[1]: round(float(best[k]), 4) for k in keys}
 
 
 def export(ckpt: str, folder: Path, layers: int | None = None, dims: int | None = None,
@@ -322,6 +341,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines += ["Students (dev Spearman at the selected checkpoint): " + json.dumps(
         {k: v.get("dev_spearman") for k, v in report.get("fits", {}).items()}), "",
+        *(f"Matryoshka points (dev Spearman, cosine, at that checkpoint): {json.dumps(v['dev_points'])}"
+          for v in report.get("fits", {}).values() if v.get("dev_points")), "",
         "Stages (s): " + json.dumps(report["stages"]), ""]
     return "\n".join(lines) + "\n"
 

@@ -111,6 +111,44 @@ def test_training_step_applies_the_objective_at_each_layer_and_dim(tiny_backbone
     assert mse(cos_at(1, 8)) != pytest.approx(mse(cos_at(2, 32)), rel=1e-3)  # the points do differ
 
 
+def test_validation_logs_each_matryoshka_points_own_spearman(tiny_backbone: str):
+    """`val/spearman_cosine/<layers>x<dims>` is the Spearman of that point's cosines (built here from transformers'
+    hidden states), not the full student's: a point's weights are tuned on it."""
+    from scipy.stats import spearmanr
+
+    torch.manual_seed(0)
+    student = BiEncoder(tiny_backbone).eval()
+    module = DistillModule(student, {"mat": Matryoshka2D(ScoreRegression(target="gold"),
+                                                         points=[[1, 8], [None, None]])}).eval()
+    a = ["a man plays guitar.", "the dog runs.", "rain falls on the town.", "she reads a book.", "two kids swim.",
+         "the market opens early.", "a train leaves the station.", "birds sing at dawn.", "he fixes the old car.",
+         "the soup is too hot."]
+    b = ["a woman plays piano.", "a cat sits on the mat.", "the city is wet.", "he writes a letter.", "a boy dives.",
+         "stocks fell sharply today.", "the bus is late again.", "a bird flies away.", "she paints a fence.",
+         "dinner is served cold."]
+    tok = student.tokenizer(a + b, padding=True, return_tensors="pt")
+    n = len(a)
+    batch = {"a_input_ids": tok["input_ids"][:n], "a_attention_mask": tok["attention_mask"][:n],
+             "b_input_ids": tok["input_ids"][n:], "b_attention_mask": tok["attention_mask"][n:],
+             "gold": torch.tensor([0.9, 0.1, 0.7, 0.3, 0.5, 0.2, 0.6, 0.8, 0.0, 0.4]),
+             "pair_id": [f"p{i}" for i in range(n)]}
+    logged: dict[str, float] = {}
+    with torch.no_grad(), mock.patch.object(module, "log", lambda k, v, **_: logged.__setitem__(k, float(v))), \
+            mock.patch.object(module, "log_dict", lambda d, **_: logged.update({k: float(v) for k, v in d.items()})):
+        module.validation_step(batch, 0)
+        module.on_validation_epoch_end()
+        states = student.encoder(**tok, output_hidden_states=True).hidden_states
+
+    def spearman_at(layer: int, dims: int) -> float:
+        emb = F.normalize(mean_pool(states[layer], tok["attention_mask"])[:, :dims], dim=-1)
+        return float(spearmanr((emb[:n] * emb[n:]).sum(-1).numpy(), batch["gold"].numpy()).statistic)
+
+    assert logged["val/spearman_cosine/1x8"] == pytest.approx(spearman_at(1, 8), abs=1e-5)
+    assert logged["val/spearman_cosine/2x32"] == pytest.approx(spearman_at(2, 32), abs=1e-5)
+    assert logged["val/spearman_cosine/2x32"] == pytest.approx(logged["val/spearman"], abs=1e-5)
+    assert spearman_at(1, 8) != pytest.approx(spearman_at(2, 32), abs=1e-3)  # the fixture tells the points apart
+
+
 def test_matryoshka_dim_larger_than_the_embedding_is_one_line(tiny_backbone: str):
     """A dim beyond the width would slice silently to the full width and train the same point twice."""
     with pytest.raises(ValueError) as err:
