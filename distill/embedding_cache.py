@@ -25,6 +25,7 @@ from distill.names import MANIFEST, STUDENT_CONFIG
 from distill.score_cache import (
     FORMAT_VERSION,
     CacheError,
+    differing,
     open_cache,
     read_manifest,
     shard_name,
@@ -144,11 +145,9 @@ def read(directory: str | Path, sentences: list[str], model: str | None = None,
     if not manifest.get("complete"):
         raise CacheError(f"{path}: incomplete (a run was stopped while embedding); re-run to resume it")
     unique = sorted(set(sentences))
-    fields = {"data.fingerprint": (manifest["data"].get("fingerprint"), sentences_fingerprint(unique))}
+    stale = differing(manifest["data"], {"fingerprint": sentences_fingerprint(unique)}, "data")
     if model is not None:
-        now = expected_manifest(model, prefix, unique)["teacher"]
-        fields.update({f"teacher.{k}": (manifest["teacher"].get(k), v) for k, v in now.items()})
-    stale = [f"{name} ({old!r} != {new!r})" for name, (old, new) in fields.items() if old != new]
+        stale += differing(manifest["teacher"], expected_manifest(model, prefix, unique)["teacher"], "teacher")
     if stale:
         raise CacheError(f"{directory} is stale: {'; '.join(stale)}; rebuild it (overwrite) or point "
                          f"data.init_args.teacher_embeddings_dir elsewhere")

@@ -147,11 +147,15 @@ def stored_text_keys(rows: Dataset) -> np.ndarray:
     return keys
 
 
+#: manifest fields recorded for people, not compared: where the teacher was read from (its hash is compared)
+NOT_IDENTITY = ("checkpoint", "model")
+
+
 def differing(old: dict, new: dict, prefix: str) -> list[str]:
-    """`prefix.key (old != new)` for every key of `new` whose value `old` does not share (the checkpoint path is
-    no identity: its checksum is)."""
+    """`prefix.key (old != new)` for every key of `new` whose value `old` does not share (a path is no identity:
+    its content hash is, so the same checkpoint or folder reached by another path keeps its cache)."""
     return [f"{prefix}.{k} ({old.get(k)!r} != {new.get(k)!r})" for k in new
-            if k not in ("checkpoint",) and old.get(k) != new.get(k)]
+            if k not in NOT_IDENTITY and old.get(k) != new.get(k)]
 
 
 def open_cache(directory: Path, expected: dict[str, Any], overwrite: bool, verb: str,
