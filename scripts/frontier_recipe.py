@@ -18,7 +18,7 @@ Stages (each timed into runs/frontier/report.json; a killed run resumes where it
    frontier fields per row (`variant`, `stsb_test_spearman`, `queries_per_s_1v1000`, `encode_sentences_per_s`,
    `size_mb`, `export_path`), a Pareto flag, report.md and pareto.png; docs/frontier-report.md is its copy.
 
-    nice -n 19 python scripts/frontier_recipe.py          # about 60 min on 2 quiet CPU cores (teacher included)
+    nice -n 19 python scripts/frontier_recipe.py          # about 90 min on 2 quiet CPU cores (teacher included)
     python scripts/frontier_recipe.py --smoke             # every stage on 64 pairs, for CI
 """
 
