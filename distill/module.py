@@ -251,9 +251,8 @@ class DistillModule(pl.LightningModule):
         return batch[key]
 
     def _update(self, split: str, batch: dict[str, Any]) -> None:
-        scores, gold = self._encode_pair(batch), self._targets(batch, "gold", "validation" if split == "val" else split)
-        if self._eval_points:
-            self._update_points(split, batch, gold)
+        gold = self._targets(batch, "gold", "validation" if split == "val" else split)
+        scores = self._update_points(split, batch, gold) if self._eval_points else self._encode_pair(batch)
         sets = self.set_metrics[split]
         if "eval_set" in batch and len(sets):
             names = batch["eval_set"]
@@ -263,13 +262,16 @@ class DistillModule(pl.LightningModule):
         else:
             (self.val_metrics if split == "val" else self.test_metrics).update(scores, gold)
 
-    def _update_points(self, split: str, batch: dict[str, Any], gold: Tensor) -> None:
+    def _update_points(self, split: str, batch: dict[str, Any], gold: Tensor) -> dict[str, Tensor]:
+        """Each Matryoshka point's metric updated; the full student's scores returned, from the same forward pass
+        (no second encoding of the batch, and no memo: its texts are encoded once here anyway)."""
         ids = torch.cat([batch["a_input_ids"], batch["b_input_ids"]])
         mask = torch.cat([batch["a_attention_mask"], batch["b_attention_mask"]])
-        _, at_point = self.student.embed_points(ids, mask, self._eval_points)
+        full, at_point = self.student.embed_points(ids, mask, self._eval_points)
         for point, emb in at_point.items():
             u, v = emb.chunk(2)
             self.point_metrics[split][_point_key(point)].update(_cosine(u, v)[COSINE].float(), gold)
+        return self.student.scores(*full.chunk(2))
 
     def _log_points(self, split: str) -> None:
         for key, metric in self.point_metrics[split].items():

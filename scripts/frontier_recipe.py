@@ -39,6 +39,7 @@ from distill.machine import describe
 from distill.recipe import (
     QUIET,
     STRONG_CACHE,
+    Recipe,
     TimeCapReached,
     cache_complete,
     close_recipe,
@@ -120,7 +121,7 @@ def export(ckpt: str, folder: Path, layers: int | None = None, dims: int | None 
             "int8_refused": refused}
 
 
-def silver(recipe: Any, out: Path, teacher: str, smoke: bool) -> tuple[Path, Path]:
+def silver(recipe: Recipe, out: Path, teacher: str, smoke: bool) -> tuple[Path, Path]:
     """The reference's AugSBERT silver pairs (mined from STS-B train sentences by the zero-shot MiniLM-L6) and the
     teacher's cache of them; in smoke, from 128 train pairs' sentences and scored by the smoke's teacher."""
     from distill import catalog
