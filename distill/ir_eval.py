@@ -103,6 +103,49 @@ def ir_metrics(query_emb: Tensor, corpus_emb: Tensor, relevance: Sequence[Mappin
     return ranking_metrics(q @ c.T, relevance, chunk)  # (n_queries, n_docs)
 
 
+def reranked_matrix(scores: Tensor, top: Tensor, new: Tensor) -> Tensor:
+    """A score matrix that ranks each query's candidates `top` (n_queries, depth) by `new` (same shape), all of
+    them above the query's other documents: a reranker's order of a retriever's top `depth`, ready for
+    `ranking_metrics`."""
+    out = torch.full_like(scores, -1e4)
+    out.scatter_(1, top, new - new.min() + 10.0)
+    return out
+
+
+def fused_scores(first: Tensor, second: Tensor, weight: float) -> Tensor:
+    """Two rankers' scores of the same candidates (n_queries, depth) in one: per query, `weight` x `second`'s
+    standardised scores + (1 - weight) x `first`'s (a cross-encoder's logits and a cosine live on different
+    scales, so raw scores cannot be added)."""
+    def z(x: Tensor) -> Tensor:
+        return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
+
+    return weight * z(second.float()) + (1 - weight) * z(first.float())
+
+
+def cross_fitted_fusion(scores: Tensor, top: Tensor, first: Tensor, second: Tensor,
+                        relevance: Sequence[Mapping[int, float]], weights: Sequence[float]
+                        ) -> tuple[list[float], Tensor]:
+    """`fused_scores` with its weight chosen on the other half of the queries (even rows choose for odd ones and
+    the reverse), so that the choice cannot inflate the figure measured with it.
+
+    Returns:
+        the weight each half chose (even rows', odd rows') and the reranked score matrix (`reranked_matrix`).
+    """
+    halves = [list(range(0, len(relevance), 2)), list(range(1, len(relevance), 2))]
+    if not all(halves):
+        raise ValueError(f"cross-fitting needs at least 2 queries; got {len(relevance)}")
+
+    def ndcg(weight: float, rows: list[int]) -> float:
+        fused = reranked_matrix(scores[rows], top[rows], fused_scores(first[rows], second[rows], weight))
+        return ranking_metrics(fused, [relevance[i] for i in rows])[METRICS[0]]
+
+    chosen = [max(weights, key=lambda w: ndcg(w, half)) for half in halves]
+    fused = torch.empty_like(first, dtype=torch.float32)
+    for weight, other in zip(chosen, reversed(halves)):
+        fused[other] = fused_scores(first[other], second[other], weight)
+    return chosen, reranked_matrix(scores, top, fused)
+
+
 def relevance_of(rows: DatasetDict) -> list[dict[int, float]]:
     """Per query (in `rows["queries"]` order): corpus row -> relevance, from the qrels."""
     position = {d: i for i, d in enumerate(rows["corpus"]["doc_id"])}

@@ -188,3 +188,33 @@ def test_sample_queries_keeps_each_kept_querys_qrels_and_relevant_documents():
     assert retrieval.sample_queries(rows, 4, max_docs=12)["queries"]["query_id"] == sample["queries"]["query_id"]
     assert len(retrieval.sample_queries(rows, None)["corpus"]) == 50
     retrieval.check_retrieval_set(sample, "sample")  # still a valid set: every query has a relevant document
+
+
+def test_reranked_matrix_orders_the_top_by_the_new_scores_above_the_rest():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]])
+    out = ir_eval.reranked_matrix(scores, torch.tensor([[3, 1]]), torch.tensor([[-50.0, 2.0]]))
+    assert out.argsort(dim=1, descending=True)[0, :2].tolist() == [1, 3]  # a logit of -50 still beats the rest
+    assert (out[0, [0, 2, 4]] == -1e4).all()
+
+
+def test_fused_scores_by_hand_and_blind_to_each_rankers_scale():
+    first, second = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]])
+    assert torch.allclose(ir_eval.fused_scores(first, second, 0.25), torch.tensor([[-0.5, 0.0, 0.5]]))
+    # a raw weighted sum would let the logits' scale decide
+    assert torch.allclose(ir_eval.fused_scores(first, 100 * second, 0.25), torch.tensor([[-0.5, 0.0, 0.5]]))
+
+
+def test_cross_fitted_fusion_measures_each_half_with_the_weight_the_other_half_chose():
+    # 4 queries, 3 candidates each, document 0 relevant: the second ranker is right on even queries, the first on
+    # odd ones, so each half chooses the weight that is wrong for the other half
+    right, wrong = torch.tensor([3.0, 1.0, 2.0]), torch.tensor([1.0, 3.0, 2.0])
+    first = torch.stack([wrong, right, wrong, right])
+    second = torch.stack([right, wrong, right, wrong])
+    top = torch.tensor([[0, 1, 2]] * 4)
+    relevance = [{0: 1.0}] * 4
+    chosen, matrix = ir_eval.cross_fitted_fusion(first.clone(), top, first, second, relevance, [0.0, 1.0])
+    assert chosen == [1.0, 0.0]
+    # every query ranked by the wrong ranker: its relevant document last of three (1.0 if a half chose for itself)
+    assert ir_eval.ranking_metrics(matrix, relevance)["mrr@10"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="at least 2 queries"):
+        ir_eval.cross_fitted_fusion(first[:1], top[:1], first[:1], second[:1], relevance[:1], [0.0, 1.0])
