@@ -9,7 +9,10 @@ Stages (each timed into runs/retrieval/report.json; a killed run resumes where i
    are every question's positive and 3 hardest of them (labels 1 / 0), and the same for the dev split;
 3. `teacher_fit` (configs/retrieval/teacher.yaml), then the **gate**: the teacher reranking the zero-shot
    student's top 100 must beat the zero-shot student by >= 0.05 nDCG@10 on the dev split (and, reported, on
-   XQuAD en->en) before any student is trained; the XQuAD reranking is also the fixed fidelity reference;
+   XQuAD en->en) before any student is trained; the XQuAD reranking is also the fixed fidelity reference.
+   Beside it, the fallback the issue names: the teacher + zero-shot student ensemble (standardised scores, the
+   teacher's share chosen on one half of dev and measured on the other); `--teacher_config` overlays another
+   reranker (configs/retrieval/teacher-mpnet.yaml) on configs/retrieval/teacher.yaml;
 4. `cache_groups` (`distill cache` of the 2k-candidate groups with the teacher), `mine_filtered` (`distill mine
    --teacher_cache ... --false_negative_margin`: the k hardest after dropping candidates the teacher scores near
    the positive), and the unfiltered groups (the k hardest, as `--negatives hardest` would take);
@@ -23,6 +26,7 @@ Writes runs/retrieval/report.json + report.md; docs/retrieval-report.md is its c
 
     nice -n 19 python scripts/retrieval_recipe.py         # about 2 h on 2 quiet CPU cores (teacher included)
     python scripts/retrieval_recipe.py --smoke            # every stage on a few questions, for CI
+    python scripts/retrieval_recipe.py --teacher_config configs/retrieval/teacher-mpnet.yaml --out runs/retrieval-mpnet
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import yaml
 
 from distill import retrieval
 from distill.machine import describe
@@ -470,12 +475,16 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    args = recipe_arguments(__doc__, "retrieval", CAP_MIN).parse_args()
+    parser = recipe_arguments(__doc__, "retrieval", CAP_MIN)
+    parser.add_argument("--teacher_config", action="append", default=[],
+                        help="an overlay on configs/retrieval/teacher.yaml (repeatable), e.g. "
+                             "configs/retrieval/teacher-mpnet.yaml; give a new --out with it")
+    args = parser.parse_args()
     recipe = open_recipe(args, ROOT, "retrieval", CAP_MIN, markdown)
     report, out, smoke = recipe.report, recipe.out, args.smoke
     data = out / "data"
     try:
-        run_stages(recipe, report, out, data, smoke)
+        run_stages(recipe, report, out, data, smoke, args.teacher_config)
     except TimeCapReached as err:
         print(err, flush=True)
     report["summary"] = summary(report)
@@ -487,27 +496,32 @@ def main() -> None:
     print((out / "report.md").read_text())
 
 
-def run_stages(recipe: Recipe, report: dict[str, Any], out: Path, data: Path, smoke: bool) -> None:
+def run_stages(recipe: Recipe, report: dict[str, Any], out: Path, data: Path, smoke: bool,
+               teacher_configs: list[str]) -> None:
     report["sizes"] = report.get("sizes") or recipe.stage("data", lambda: write_data(out, smoke), keep=True)
     report["mined"] = report.get("mined") or recipe.stage("mine_groups", lambda: mine_all(out, smoke), keep=True)
     teacher_dir = out / "teacher"
     recipe.stage("teacher_fit", lambda: run_verb(
-        ["fit", "--config", "configs/retrieval/teacher.yaml", *QUIET, f"--trainer.default_root_dir={teacher_dir}",
+        ["fit", "--config", "configs/retrieval/teacher.yaml",
+         *(a for c in teacher_configs for a in ("--config", c)), *QUIET, f"--trainer.default_root_dir={teacher_dir}",
          f"--trainer.logger.init_args.save_dir={teacher_dir}",
          f"--data.init_args.train={data / 'teacher-train.parquet'}",
          f"--data.init_args.val={data / 'teacher-dev.parquet'}",
          *(["--trainer.max_epochs=1"] if smoke else [])]),
         done=best_checkpoint(teacher_dir) is not None)
-    report["teacher"] = {"checkpoint": os.path.relpath(best_checkpoint(teacher_dir), ROOT)}
+    report["teacher"] = {"checkpoint": os.path.relpath(best_checkpoint(teacher_dir), ROOT),
+                         "configs": ["configs/retrieval/teacher.yaml", *teacher_configs]}
     report["gate"] = report.get("gate") or recipe.stage("gate", lambda: gate(report, out, smoke), keep=True)
     if not report["gate"]["passed"] and not smoke:
-        print("retrieval: the teacher missed the gate on dev; no student is trained (try configs/teacher/strong.yaml's "
-              "all-mpnet-base-v2 reranker)", flush=True)
+        print("retrieval: the teacher missed the gate on dev; no student is trained (a bigger reranker: "
+              "--teacher_config configs/retrieval/teacher-mpnet.yaml --out runs/retrieval-mpnet)", flush=True)
         return
     cache = out / "cache" / "groups"
+    # the cached scores must come from the teacher the gate measured: its backbone and length from its own run
+    hp = yaml.safe_load((Path(report["teacher"]["checkpoint"]).parents[1] / "hparams.yaml").read_text())
     recipe.stage("cache_groups", lambda: run_verb(
-        ["cache", "--teacher", "teachers.CrossEncoder", "--teacher.backbone", "minilm-l6", "--teacher.max_length",
-         "192", "--data", "distill.data.PairDataModule", "--data.train", report["mined"]["wide_groups"],
+        ["cache", "--teacher", "teachers.CrossEncoder", "--teacher.backbone", hp["backbone"], "--teacher.max_length",
+         str(hp["max_length"]), "--data", "distill.data.PairDataModule", "--data.train", report["mined"]["wide_groups"],
          "--ckpt_path", str(ROOT / report["teacher"]["checkpoint"]), "--out", str(cache), "--precision",
          "bf16-mixed"]), done=cache_complete(cache))
     filtered, unfiltered = data / "groups-filtered.parquet", data / "groups-unfiltered.parquet"
