@@ -6,6 +6,10 @@ once, and `RetrievalEvaluation` is the Lightning callback that logs `{split}/ndc
 `{split}/recall@100/<set>` (DESIGN.md keys: `<set>` is `de`, `de-en`, `squad`, `scifact`) and their means over
 the split's sets as `{split}/ndcg@10` etc.: `val/ndcg@10` is the selection key.
 
+Rerankers: `reranked_matrix` turns a reranker's order of a retriever's top candidates into a score matrix for
+`ranking_metrics`; `fused_scores` mixes two rankers' standardised scores of the same candidates, and
+`cross_fitted_fusion` chooses their mix on one half of the queries and measures it on the other.
+
 Ties: nDCG averages the gain over every order of tied documents (torchmetrics, as scikit-learn does); MRR and
 recall rank the non-relevant documents of a tie first (ties count against the model), so a collapsed student that
 gives every document one score scores near zero instead of whatever order `topk` happens to return.
