@@ -121,7 +121,8 @@ def fused_scores(first: Tensor, second: Tensor, weight: float) -> Tensor:
     standardised scores + (1 - weight) x `first`'s (a cross-encoder's logits and a cosine live on different
     scales, so raw scores cannot be added)."""
     def z(x: Tensor) -> Tensor:
-        return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
+        # the population std: one candidate (std 0) gives 0, not the NaN of the sample std
+        return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True, correction=0).clamp_min(1e-6)
 
     return weight * z(second.float()) + (1 - weight) * z(first.float())
 

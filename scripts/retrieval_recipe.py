@@ -518,7 +518,7 @@ def run_stages(recipe: Recipe, report: dict[str, Any], out: Path, data: Path, sm
         return
     cache = out / "cache" / "groups"
     # the cached scores must come from the teacher the gate measured: its backbone and length from its own run
-    hp = yaml.safe_load((Path(report["teacher"]["checkpoint"]).parents[1] / "hparams.yaml").read_text())
+    hp = yaml.safe_load((ROOT / report["teacher"]["checkpoint"]).parents[1].joinpath("hparams.yaml").read_text())
     recipe.stage("cache_groups", lambda: run_verb(
         ["cache", "--teacher", "teachers.CrossEncoder", "--teacher.backbone", hp["backbone"], "--teacher.max_length",
          str(hp["max_length"]), "--data", "distill.data.PairDataModule", "--data.train", report["mined"]["wide_groups"],

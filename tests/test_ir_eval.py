@@ -199,9 +199,14 @@ def test_reranked_matrix_orders_the_top_by_the_new_scores_above_the_rest():
 
 def test_fused_scores_by_hand_and_blind_to_each_rankers_scale():
     first, second = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]])
-    assert torch.allclose(ir_eval.fused_scores(first, second, 0.25), torch.tensor([[-0.5, 0.0, 0.5]]))
+    # standardised (population std sqrt(2/3)): first -> [-a, 0, a], second -> [a, 0, -a], a = sqrt(3/2);
+    # 0.25 x second + 0.75 x first = [-a/2, 0, a/2]
+    half = math.sqrt(1.5) / 2
+    assert torch.allclose(ir_eval.fused_scores(first, second, 0.25), torch.tensor([[-half, 0.0, half]]))
     # a raw weighted sum would let the logits' scale decide
-    assert torch.allclose(ir_eval.fused_scores(first, 100 * second, 0.25), torch.tensor([[-0.5, 0.0, 0.5]]))
+    assert torch.allclose(ir_eval.fused_scores(first, 100 * second, 0.25), torch.tensor([[-half, 0.0, half]]))
+    # a query with one candidate: finite, not the NaN a sample std gives
+    assert torch.isfinite(ir_eval.fused_scores(first[:, :1], second[:, :1], 0.25)).all()
 
 
 def test_cross_fitted_fusion_measures_each_half_with_the_weight_the_other_half_chose():
