@@ -115,7 +115,12 @@ def _export_fused(graph: nn.Module, sample: Any, names: list[str], path: Path) -
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantisation of the weights of MatMul/Gemm (activations quantised at run time)."""
+    """Dynamic int8 quantisation of the weights (activations quantised at run time), one scale per output channel.
+
+    Per-channel scales, chosen on STS-B dev against one scale per tensor (ONNX Runtime's default): the frontier's
+    MiniLM-L6 student 0.8941 -> 0.8970 (fp32 0.8968), its multilingual-e5-small student 0.8859 -> 0.8913 (fp32
+    0.8897), for about the same latency (docs/export.md).
+    """
     require_onnxruntime()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -125,7 +130,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     root.setLevel(max(level, logging.ERROR))
     try:
         # DefaultTensorType: the fused graph's contrib operators have no type inference in the quantiser
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)  # leave the user's logging as it was

@@ -143,6 +143,23 @@ def test_int8_quantisation_leaves_the_users_logging_alone(exported: Path, tmp_pa
         root.setLevel(before)
 
 
+def test_int8_weights_have_one_scale_per_output_channel(exported: Path):
+    """Per-channel scales (chosen on STS-B dev over one scale per tensor, docs/export.md): every quantised weight
+    of the folder's int8 model carries a vector of scales, one per column; the per-tensor default gives scalars."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(exported / INT8_FILE))
+    weights = {i.name: i for i in model.graph.initializer}
+    scales = [numpy_helper.to_array(weights[n.input[1]]).shape for n in model.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in weights
+              and weights[n.input[0]].data_type == onnx.TensorProto.INT8]
+    scales += [numpy_helper.to_array(weights[n.input[3]]).shape for n in model.graph.node
+               if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") and len(n.input) > 3 and n.input[3] in weights]
+    assert scales, "no quantised weight found in the int8 model"
+    assert all(len(shape) == 1 and shape[0] > 1 for shape in scales), scales
+
+
 def test_the_export_loads_clean_in_sentence_transformers(exported: Path, capfd: pytest.CaptureFixture) -> None:
     """No "MISSING ... newly initialized" pooler report for every user of the export (issue 15 item 19)."""
     import subprocess
