@@ -18,7 +18,12 @@ Stages (each timed into runs/frontier/report.json; a killed run resumes where it
    frontier fields per row (`variant`, `stsb_test_spearman`, `queries_per_s_1v1000`, `encode_sentences_per_s`,
    `size_mb`, `export_path`), a Pareto flag, report.md and pareto.png; docs/frontier-report.md is its copy.
 
+`--extra e5` adds a student of another backbone, multilingual-e5-small (configs/frontier/e5.yaml; 12 layers,
+served int8), trained on the reference's data after the default students: about 25 min more (the time cap grows
+by as much).
+
     nice -n 19 python scripts/frontier_recipe.py          # about 90 min on 2 quiet CPU cores (teacher included)
+    nice -n 19 python scripts/frontier_recipe.py --extra e5
     python scripts/frontier_recipe.py --smoke             # every stage on 64 pairs, for CI
 """
 
@@ -58,6 +63,9 @@ REFERENCE = "layers-6"
 VARIANTS = {REFERENCE: ["silver"], "layers-3": ["layers-3", "pool"], "layers-2": ["layers-2", "pool"],
             "dims-128": ["dims-128"], "matryoshka": ["pool", "pool-matryoshka"]}
 STATIC = ["static", "pool", "static-pool"]
+#: opt-in students (`--extra`), on the reference's data (STS-B train + silver pairs), and the minutes each adds
+EXTRA = {"e5": ["silver", "e5"]}
+EXTRA_MIN = {"e5": 25}
 #: the Matryoshka run's points (layers, dims) and the separately trained student at the same point
 POINTS = {(6, 384): "layers-6", (6, 128): "dims-128", (3, 384): "layers-3", (3, 128): None, (2, 384): "layers-2",
           (2, 64): None}
@@ -349,7 +357,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    args = recipe_arguments(__doc__, "frontier", CAP_MIN).parse_args()
+    parser = recipe_arguments(__doc__, "frontier", CAP_MIN)
+    parser.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA),
+                        help="opt-in students beyond the default run (each adds EXTRA_MIN minutes to the cap)")
+    args = parser.parse_args()
+    if args.time_cap_min is None and not args.smoke:
+        args.time_cap_min = CAP_MIN + sum(EXTRA_MIN[name] for name in args.extra)
     recipe = open_recipe(args, ROOT, "frontier", CAP_MIN, markdown)
     report, out = recipe.report, recipe.out
     try:
@@ -371,8 +384,9 @@ def main() -> None:
                     fits[name]["checkpoint"], out / "export" / key, layers, dims, onnx=onnx), keep=True)
 
         # the reference first: the pool students learn its exported vectors
-        fit_stage(REFERENCE, VARIANTS[REFERENCE], [f"--data.init_args.train=[stsb/train, {pairs}]",
-                                                   f"--data.init_args.cache_dir=[{cache}, {silver_cache}]"])
+        with_silver = [f"--data.init_args.train=[stsb/train, {pairs}]",
+                       f"--data.init_args.cache_dir=[{cache}, {silver_cache}]"]
+        fit_stage(REFERENCE, VARIANTS[REFERENCE], with_silver)
         export_stage(REFERENCE, REFERENCE)
         source = ROOT / exports[REFERENCE]["folder"]
         vectors = [f"--data.init_args.teacher_embeddings={source}"]
@@ -386,6 +400,9 @@ def main() -> None:
                 export_stage(name, name, onnx=name == REFERENCE or not args.smoke)
         fit_stage("static", STATIC, [*cached, *vectors, f"--model.init_args.student.init_args.source={source}"])
         export_stage("static", "static", onnx=False)
+        for name in args.extra:
+            fit_stage(name, EXTRA[name], with_silver)
+            export_stage(name, name)
         if "figures" not in report:
             report["figures"] = recipe.stage("accuracy_and_speed", lambda: accuracy_and_speed(
                 exports, args.smoke, 2 if args.smoke else 5), keep=True)
