@@ -119,7 +119,7 @@ def quantize_int8(source: Path, target: Path) -> None:
 
     Per-channel scales, chosen on STS-B dev against one scale per tensor (ONNX Runtime's default): the frontier's
     MiniLM-L6 student 0.8941 -> 0.8970 (fp32 0.8968), its multilingual-e5-small student 0.8859 -> 0.8913 (fp32
-    0.8897), for about the same latency (docs/export.md).
+    0.8897); one query costs the same for MiniLM-L6 and ~15 % more for e5 (scripts/int8_scales.py, docs/export.md).
     """
     require_onnxruntime()
     import onnx

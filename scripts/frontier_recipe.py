@@ -18,12 +18,12 @@ Stages (each timed into runs/frontier/report.json; a killed run resumes where it
    frontier fields per row (`variant`, `stsb_test_spearman`, `queries_per_s_1v1000`, `encode_sentences_per_s`,
    `size_mb`, `export_path`), a Pareto flag, report.md and pareto.png; docs/frontier-report.md is its copy.
 
-`--extra e5` adds a student of another backbone, multilingual-e5-small (configs/frontier/e5.yaml; 12 layers,
-served int8), trained on the reference's data after the default students: about 25 min more (the time cap grows
-by as much).
+`--extra e5 e5-10` adds students of another backbone, multilingual-e5-small (configs/frontier/e5.yaml: 12 layers;
+e5-10.yaml: 10 of them), served int8, trained on the reference's data after the default students: about 25 and
+22 min more (the time cap grows by as much).
 
     nice -n 19 python scripts/frontier_recipe.py          # about 90 min on 2 quiet CPU cores (teacher included)
-    nice -n 19 python scripts/frontier_recipe.py --extra e5
+    nice -n 19 python scripts/frontier_recipe.py --extra e5 e5-10
     python scripts/frontier_recipe.py --smoke             # every stage on 64 pairs, for CI
 """
 
@@ -64,8 +64,8 @@ VARIANTS = {REFERENCE: ["silver"], "layers-3": ["layers-3", "pool"], "layers-2":
             "dims-128": ["dims-128"], "matryoshka": ["pool", "pool-matryoshka"]}
 STATIC = ["static", "pool", "static-pool"]
 #: opt-in students (`--extra`), on the reference's data (STS-B train + silver pairs), and the minutes each adds
-EXTRA = {"e5": ["silver", "e5"]}
-EXTRA_MIN = {"e5": 25}
+EXTRA = {"e5": ["silver", "e5"], "e5-10": ["silver", "e5", "e5-10"]}
+EXTRA_MIN = {"e5": 25, "e5-10": 22}
 #: the Matryoshka run's points (layers, dims) and the separately trained student at the same point
 POINTS = {(6, 384): "layers-6", (6, 128): "dims-128", (3, 384): "layers-3", (3, 128): None, (2, 384): "layers-2",
           (2, 64): None}

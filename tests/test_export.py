@@ -155,7 +155,8 @@ def test_int8_weights_have_one_scale_per_output_channel(exported: Path):
               if n.op_type == "DequantizeLinear" and n.input[0] in weights
               and weights[n.input[0]].data_type == onnx.TensorProto.INT8]
     scales += [numpy_helper.to_array(weights[n.input[3]]).shape for n in model.graph.node
-               if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") and len(n.input) > 3 and n.input[3] in weights]
+               if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+               and len(n.input) > 3 and n.input[3] in weights]
     assert scales, "no quantised weight found in the int8 model"
     assert all(len(shape) == 1 and shape[0] > 1 for shape in scales), scales
 
