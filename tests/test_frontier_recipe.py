@@ -23,8 +23,8 @@ def recipe_module():
     return module
 
 
-@pytest.mark.parametrize("extra", [[], ["e5"]])
-def test_extra_student_fits_on_the_reference_data_and_exports_int8(extra, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("extra", "only"), [([], False), (["e5"], False), (["e5-11"], True)])
+def test_extra_student_fits_on_the_reference_data_and_exports_int8(extra, only, tmp_path, monkeypatch):
     module = recipe_module()
     fits: dict[str, tuple[list[str], list[str]]] = {}
     exports: dict[str, bool] = {}
@@ -57,17 +57,31 @@ def test_extra_student_fits_on_the_reference_data_and_exports_int8(extra, tmp_pa
     monkeypatch.setattr(module, "accuracy_and_speed", stop)
     monkeypatch.setattr(module, "open_recipe", open_recipe)
     monkeypatch.setattr(sys, "argv", ["frontier_recipe.py", "--out", str(tmp_path / "frontier"),
-                                      *(["--extra", *extra] if extra else [])])
+                                      *(["--extra", *extra] if extra else []), *(["--only_extra"] if only else [])])
     with pytest.raises(Stop):
         module.main()
-    assert caps == [(module.CAP_MIN + sum(module.EXTRA_MIN[e] for e in extra)) * 60]
+    base = module.ONLY_EXTRA_BASE_MIN if only else module.CAP_MIN
+    assert caps == [(base + sum(module.EXTRA_MIN[e] for e in extra)) * 60]
     if not extra:
         assert "e5" not in fits and "e5" not in exports
         return
-    config, extra_args = fits["e5"]
-    assert config[config.index("configs/frontier/e5.yaml") - 1] == "--config"
-    assert "configs/frontier/silver.yaml" in config
-    assert extra_args == fits[module.REFERENCE][1]  # the reference's data: train + silver pairs, both caches
-    assert any("silver.parquet" in a for a in extra_args) and any("silver-cache" in a for a in extra_args)
-    assert exports["e5"] is True
-    assert list(fits)[-1] == "e5"  # after every default student (the pool students learn the reference first)
+    name = extra[0]
+    config, extra_args = fits[name]
+    assert config[config.index(f"configs/frontier/{name}.yaml") - 1] == "--config"
+    assert "configs/frontier/silver.yaml" in config and "configs/frontier/e5.yaml" in config
+    assert "--data.init_args.train=[stsb/train, silver.parquet]" in extra_args  # the reference's data
+    assert "--data.init_args.cache_dir=[cache/train, silver-cache]" in extra_args  # both caches
+    assert exports[name] is True
+    if only:  # no default student: the extra one alone, still on the reference's data
+        assert list(fits) == [name] and list(exports) == [name]
+        return
+    assert extra_args == fits[module.REFERENCE][1]
+    assert list(fits)[-1] == name  # after every default student (the pool students learn the reference first)
+
+
+def test_only_extra_needs_an_extra_student(monkeypatch, capsys):
+    module = recipe_module()
+    monkeypatch.setattr(sys, "argv", ["frontier_recipe.py", "--only_extra"])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert "--only_extra needs the students to train: add --extra" in capsys.readouterr().err
