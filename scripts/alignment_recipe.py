@@ -9,11 +9,16 @@ Stages (each timed into runs/alignment/report.json; a killed run resumes where i
    regress onto (384-d and in e5's own space: docs/alignment.md);
 3. `aligned`: configs/alignment/student.yaml (parallel pairs, EmbeddingMSE only);
 4. `aligned_pivot`: + configs/alignment/pivot.yaml (parallel pairs + the teacher's pivot-pair scores);
-5. every arm and `zero_shot` validated (`distill validate`: stsb_multi_mt dev, FLORES dev) and tested (`distill
+5. dev figures of every arm (stsb_multi_mt dev, FLORES dev): an alignment arm's are those its fit logged at the
+   validation that selected its checkpoint (the same data and weights `distill validate` would see again);
+   `zero_shot` and `multilingual` (fitted under its own config) are validated (`distill validate`);
+6. the arm with the best dev score (mean of val/spearman and val/translation_acc) chosen, then tested (`distill
    test`: stsb_multi_mt test per language and xx-en, FLORES devtest in 20 languages, Tatoeba in the 28 trained
-   ones) under the same alignment config;
-6. the arm with the best dev score (mean of val/spearman and val/translation_acc) exported to
-   runs/alignment/export/student, a sentence-transformers folder whose `prompts` carry the prefix.
+   ones) beside `zero_shot`, the baseline of every target; the multilingual arm, when not chosen, on the STS sets
+   only (the monolingual target's baseline; configs/alignment/test-sts.yaml). `--test_all` tests every arm in
+   full (about 14 min more per arm);
+7. the chosen arm exported to runs/alignment/export/student, a sentence-transformers folder whose `prompts` carry
+   the prefix.
 
     nice -n 19 python scripts/alignment_recipe.py            # about 100 min on 2 CPU cores
     python scripts/alignment_recipe.py --smoke               # every stage on a few pairs, for CI (< 5 min)
@@ -47,9 +52,11 @@ ALIGN = ["--config", "configs/alignment/student.yaml"]
 PIVOT = ["--config", "configs/alignment/pivot.yaml"]
 MULTILINGUAL = ["--config", "configs/multilingual/student.yaml"]
 SMOKE = ["--config", "configs/alignment/smoke.yaml"]
+STS_ONLY = ["--config", "configs/alignment/test-sts.yaml"]  # the test without Tatoeba and FLORES
 TRAINED = sorted(iso(c) for c in TATOEBA_CHALLENGE_CODES)
 STS_LANGUAGES = ["en", "de", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "zh"]
 ARMS = ("zero_shot", "multilingual", "aligned", "aligned_pivot")
+SELF_VALIDATED = ("aligned", "aligned_pivot")  # fitted under the evaluation config (run.eval_config)
 
 
 class Run:
@@ -75,19 +82,42 @@ def fit(run: Run, arm: str, config: list[str], extra: list[str]) -> dict[str, An
     data = done.datamodule
     return {"checkpoint": os.path.relpath(callback.best_model_path, ROOT),
             "fit_s": round(time.perf_counter() - start, 1), "train_pairs": len(data.datasets["train"]),
-            "steps": done.trainer.global_step, "parallel_data": getattr(data, "report", None)}
+            "steps": done.trainer.global_step, "parallel_data": getattr(data, "report", None),
+            "dev": selected_dev(Path(done.trainer.logger.log_dir) / "metrics.csv")}
 
 
-def evaluate(run: Run, arm: str, ckpt: str | None) -> dict[str, Any]:
-    """Dev (`validate`) and test metrics of one arm, under the one alignment evaluation config."""
+def selected_dev(metrics_csv: Path) -> dict[str, float]:
+    """The `val/` figures a fit logged at the validation that selected its checkpoint (the row of the best
+    val/spearman, as ModelCheckpoint's monitor): validating that checkpoint again would see the same data and
+    weights, and cost ~100 s per arm."""
+    import pandas as pd
+
+    frame = pd.read_csv(metrics_csv)
+    rows = frame.dropna(subset=["val/spearman"])
+    if rows.empty:
+        raise RuntimeError(f"{metrics_csv}: no val/spearman row; the fit validated nothing to select on")
+    best = rows.loc[rows["val/spearman"].idxmax()]
+    return {k: round(float(best[k]), 4) for k in frame.columns if k.startswith("val/") and pd.notna(best[k])}
+
+
+def dev_score(dev: dict[str, float]) -> float:
+    """The arm choice's score: the mean of STS (val/spearman) and FLORES dev translation retrieval."""
+    return round((dev.get("val/spearman", 0.0) + dev.get("val/translation_acc", 0.0)) / 2, 4)
+
+
+def validate(run: Run, arm: str, ckpt: str | None) -> dict[str, Any]:
+    """Dev figures of an arm by `distill validate` (the zero-shot backbone, which no fit validated)."""
     extra = ["--ckpt_path", ckpt] if ckpt else []
-    start = time.perf_counter()
     dev = metrics_of(run_verb(["validate", *run.eval_config, *run.dirs(arm), *QUIET, *extra]), "val/")
-    dev_s = time.perf_counter() - start
-    test = metrics_of(run_verb(["test", *run.eval_config, *run.dirs(arm), *QUIET, *extra]), "test/")
-    dev_score = round((dev.get("val/spearman", 0.0) + dev.get("val/translation_acc", 0.0)) / 2, 4)
-    return {"dev": dev, "dev_score": dev_score, "test": test, "validate_s": round(dev_s, 1),
-            "test_s": round(time.perf_counter() - start - dev_s, 1)}
+    return {"dev": dev, "dev_score": dev_score(dev)}
+
+
+def run_test(run: Run, arm: str, ckpt: str | None, sts_only: bool) -> dict[str, Any]:
+    """Test figures of an arm under the alignment evaluation config (`sts_only`: the STS sets alone)."""
+    extra = ["--ckpt_path", ckpt] if ckpt else []
+    config = [*run.eval_config, *(STS_ONLY if sts_only else [])]
+    return {"test": metrics_of(run_verb(["test", *config, *run.dirs(arm), *QUIET, *extra]), "test/"),
+            "tested": "sts" if sts_only else "all"}
 
 
 def save_teacher_folder(ckpt: str, folder: Path) -> str:
@@ -101,14 +131,18 @@ def save_teacher_folder(ckpt: str, folder: Path) -> str:
     return os.path.relpath(folder, ROOT)
 
 
-def export_best(run: Run, report: dict[str, Any]) -> dict[str, Any]:
+def chosen_arm(report: dict[str, Any]) -> str:
+    """The trained arm with the best dev score."""
     trained = [a for a in ("multilingual", "aligned", "aligned_pivot") if a in report["arms"]]
-    best = max(trained, key=lambda a: report["arms"][a]["dev_score"])
+    return max(trained, key=lambda a: report["arms"][a]["dev_score"])
+
+
+def export_arm(run: Run, report: dict[str, Any], arm: str) -> dict[str, Any]:
     out = run.out / "export" / "student"
-    run_verb(["export", "--ckpt", str(ROOT / report["fits"][best]["checkpoint"]), "--out", str(out),
+    run_verb(["export", "--ckpt", str(ROOT / report["fits"][arm]["checkpoint"]), "--out", str(out),
               "--overwrite", "true"])
     config = json.loads((out / "config_sentence_transformers.json").read_text())
-    return {"arm": best, "dev_score": report["arms"][best]["dev_score"], "folder": os.path.relpath(out, ROOT),
+    return {"arm": arm, "dev_score": report["arms"][arm]["dev_score"], "folder": os.path.relpath(out, ROOT),
             "prompts": config.get("prompts")}
 
 
@@ -189,8 +223,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"Training data: {json.dumps(report.get('training_data', {}))}", "",
              "## Dev (selection)", "", markdown_table(dev), "", f"Exported: {json.dumps(report.get('export'))}", "",
              "## Test", "", markdown_table(order), ""]
-    chosen = report.get("export", {}).get("arm")
+    chosen = report.get("chosen")
     if chosen:
+        tested = {a: report["arms"][a].get("tested") for a in arms if report["arms"][a].get("tested")}
+        lines += [f"Chosen on dev: {chosen}. Tested: " + ", ".join(
+            f"{a} ({'in full' if t == 'all' else 'STS sets only'})" for a, t in tested.items())
+            + "; the other arms on dev only (`--test_all` tests every arm in full).", ""]
         lines += [f"## Targets ({chosen}, the arm chosen on dev)", ""]
         for name, t in targets(report, chosen).items():
             verdict = "n/a" if t["met"] is None else "met" if t["met"] else "NOT met"
@@ -203,6 +241,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = recipe_arguments(__doc__, "alignment", CAP_MIN)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--test_all", action="store_true",
+                        help="test every arm in full (default: zero_shot and the arm chosen on dev; the multilingual "
+                             "arm on the STS sets only)")
     args = parser.parse_args()
     recipe = open_recipe(args, ROOT, "alignment", CAP_MIN, markdown)
     report, out = recipe.report, recipe.out
@@ -237,12 +278,26 @@ def main() -> None:
                                                                   out / "teacher-folder"), keep=True)
         report["training_data"] = {arm: {k: fitted[arm].get(k) for k in ("train_pairs", "steps", "parallel_data")}
                                    for arm in fitted}
+        arms = report["arms"]
         for arm in args.arms:
-            if arm not in report["arms"]:
+            if "dev" in arms.get(arm, {}):
+                continue
+            if arm in SELF_VALIDATED:  # fitted under the evaluation config: its fit log holds its dev figures
+                arms[arm] = {"dev": fitted[arm]["dev"], "dev_score": dev_score(fitted[arm]["dev"])}
+            else:  # the zero-shot backbone, and the multilingual arm (its fit validated under its own config)
                 ckpt = None if arm == "zero_shot" else str(ROOT / fitted[arm]["checkpoint"])
-                report["arms"][arm] = recipe.stage(f"{arm}_eval", lambda a=arm, c=ckpt: evaluate(run, a, c), keep=True)
+                arms[arm] = dict(recipe.stage(f"{arm}_validate", lambda a=arm, c=ckpt: validate(run, a, c),
+                                              keep=True))
+        chosen = report["chosen"] = chosen_arm(report)
+        for arm in args.arms:
+            full = args.test_all or arm in ("zero_shot", chosen)
+            if "test" in arms[arm] or not (full or arm == "multilingual"):
+                continue
+            ckpt = None if arm == "zero_shot" else str(ROOT / fitted[arm]["checkpoint"])
+            arms[arm].update(recipe.stage(f"{arm}_test", lambda a=arm, c=ckpt, f=full: run_test(run, a, c, not f),
+                                          keep=True))
         if "export" not in report:
-            report["export"] = recipe.stage("export", lambda: export_best(run, report), keep=True)
+            report["export"] = recipe.stage("export", lambda: export_arm(run, report, chosen), keep=True)
     except TimeCapReached as err:
         print(err, flush=True)
     close_recipe(recipe)
