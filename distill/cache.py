@@ -6,6 +6,7 @@ by index and written as soon as they are scored, so a rerun recomputes only shar
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from distill.cache_join import ScoreCache, join_caches  # noqa: F401 - re-exported: callers read caches from here
 from distill.checkpoints import check_fits, read_checkpoint
 from distill.data import PairCollator, PairDataModule, fingerprint, load_tokenizer, tokenize, tokenizer_fingerprint
+from distill.machine import run_precision
 from distill.names import MANIFEST
 from distill.score_cache import (  # noqa: F401 - the format's names are re-exported: callers import them from here
     FORMAT_VERSION,
@@ -175,6 +177,9 @@ def main(
     known = {s["file"]: s["sha256"] for s in (old or {}).get("shards", [])}
     todo = {k for k, (s, e) in enumerate(shards)
             if not shard_ok(directory / shard_name(s, e), pair_ids[s:e], known.get(shard_name(s, e)))}
+    precision, why = run_precision(precision, accelerator)
+    if why:
+        print(f"distill cache: {why}", file=sys.stderr, flush=True)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
                          logger=False, use_distributed_sampler=False, enable_checkpointing=False,
                          callbacks=[ShardWriter(directory, shards, pair_ids, stored_text_keys(rows)), StopOnSigterm()])

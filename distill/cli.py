@@ -20,6 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from distill import predict
 from distill.checkpoints import CheckpointError, check_class_paths, check_fits, read_checkpoint
+from distill.machine import run_precision
 from distill.signals import Preempted, StopOnSigterm, stopped_message
 
 # verb -> "module:function"; imported on use so `distill fit` does not pay for onnxruntime or matplotlib
@@ -46,6 +47,9 @@ class DistillCLI(LightningCLI):
         # `distill predict` writes Parquet (teacher: pair_id, score; student: id, embedding)
         parser.add_argument("--predictions", type=str | None, default=None,
                             help="predict only: Parquet file to write the predictions to")
+        parser.add_argument("--keep_precision", type=bool, default=False,
+                            help="keep a bf16 trainer.precision on a CPU without bf16 instructions (default: 32-true "
+                                 "there, where emulated bf16 is several times slower; distill.machine.run_precision)")
         # the datamodule tokenises exactly as the model does: its spec comes from the built model (a link, not a
         # config key); a datamodule without a `tokenization` argument is left alone
         parser.link_arguments("model", "data.init_args.tokenization", compute_fn=tokenization_of,
@@ -76,6 +80,14 @@ class DistillCLI(LightningCLI):
         check_class_paths(model.as_dict() if hasattr(model, "as_dict") else model, path, "model")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is not None and not config.get("keep_precision"):
+            precision, why = run_precision(trainer.get("precision"), trainer.get("accelerator"))
+            if why:
+                trainer["precision"] = precision
+                print(f"distill {self.subcommand or 'run'}: {why} (--keep_precision true keeps it)", file=sys.stderr,
+                      flush=True)
         # refuse before the backbone is loaded: without a writer, predict would compute everything and keep nothing
         if self.subcommand == "predict" and not self.config["predict"].get("predictions") \
                 and not _has_writer(self.config["predict"].get("trainer", {}).get("callbacks")):

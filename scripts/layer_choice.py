@@ -22,17 +22,18 @@ from tqdm import tqdm
 
 from distill import catalog
 from distill.evaluation import markdown_table
-from distill.machine import describe, machine
+from distill.machine import bf16_reason, describe, machine
 from students.bi_encoder import BiEncoder
 
 
 def dev_spearman(model: BiEncoder, a: list[str], b: list[str], gold: list[float], batch_size: int = 64) -> float:
-    """Cosine Spearman on the pairs, each distinct sentence encoded once (bf16 autocast, length-sorted)."""
+    """Cosine Spearman on the pairs, each distinct sentence encoded once (length-sorted)."""
     from scipy.stats import spearmanr
 
     texts = list(dict.fromkeys(a + b))
     index = {t: i for i, t in enumerate(texts)}
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    # bf16 where the CPU has it natively (~3x faster); emulated bf16 is slower than fp32 (distill.machine)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_reason() is None):
         emb = model.encode(texts, batch_size=batch_size)
     cos = torch.nn.functional.cosine_similarity(emb[[index[t] for t in a]], emb[[index[t] for t in b]])
     return round(float(spearmanr(cos.numpy(), gold).statistic), 4)
