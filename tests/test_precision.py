@@ -41,3 +41,18 @@ def test_bf16_reason_reads_the_cpu_flags(tmp_path, monkeypatch):
     assert machine.bf16_reason() is None
     cpuinfo.write_text("Features\t: fp asimd sve bf16 i8mm\n")
     assert machine.bf16_reason() is None
+
+
+def test_every_trainer_verb_applies_it_and_keep_precision_keeps_bf16(tiny_backbone, pair_files, tmp_path,
+                                                                    monkeypatch, capsys):
+    from cli_args import teacher_args
+
+    from distill.cli import run
+
+    monkeypatch.setattr(machine, "bf16_reason", lambda: "no bf16 here")
+    args = ["validate", *teacher_args(tiny_backbone, pair_files, tmp_path), "--trainer.precision=bf16-mixed"]
+    assert run(args).trainer.precision == "32-true"
+    assert "distill validate: precision bf16-mixed -> 32-true: no bf16 here" in capsys.readouterr().err
+    assert run([*args, "--keep_precision", "true"]).trainer.precision == "bf16-mixed"
+    monkeypatch.setattr(machine, "bf16_reason", lambda: None)
+    assert run(args).trainer.precision == "bf16-mixed"
