@@ -15,7 +15,9 @@ def _loss_after_steps(precision: str, tiny_backbone: str, pair_files: dict[str, 
         cli = run(["fit", *student_args(tiny_backbone, pair_files, out, None), f"--trainer.precision={precision}",
                    "--model.init_args.objectives.teacher_mse.init_args.weight=0", "--trainer.max_steps=3",
                    "--trainer.limit_val_batches=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-                   "--trainer.callbacks=[]"])
+                   "--trainer.callbacks=[]",
+                   # bf16 as asked even on a CPU without bf16 instructions (distill.machine.run_precision)
+                   "--keep_precision", "true"])
     return float(cli.trainer.callback_metrics["train/loss"])
 
 

@@ -27,9 +27,11 @@ def test_teacher_test_logs_spearman(tiny_backbone, pair_files, teacher_ckpt, tmp
 
     out = tmp_path / "scores.parquet"
     with mock.patch("sys.argv", ["distill"]):
-        cli = run(["test", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", teacher_ckpt])
+        # bf16 kept on any CPU (distill.machine.run_precision would switch to fp32): the guard below is about bf16
+        bf16 = ["--keep_precision", "true"]
+        cli = run(["test", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", teacher_ckpt, *bf16])
         run(["predict", *teacher_args(tiny_backbone, pair_files, tmp_path), "--ckpt_path", teacher_ckpt,
-             f"--data.init_args.predict={pair_files['test']}", "--predictions", str(out)])
+             f"--data.init_args.predict={pair_files['test']}", "--predictions", str(out), *bf16])
     logged = float(cli.trainer.callback_metrics["test/spearman"])
     gold = read_pairs(pair_files["test"], label_range=(0, 5))[0]["label"]
     expected = spearmanr(pq.read_table(out).column("score").to_pylist(), gold).statistic
