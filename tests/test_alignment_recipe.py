@@ -4,22 +4,17 @@ baseline, the multilingual arm on the STS sets only, the chosen arm exported; `-
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV = {"multilingual": (0.78, 0.99), "aligned": (0.78, 0.998), "aligned_pivot": (0.79, 0.999),
        "zero_shot": (0.74, 0.994)}  # (val/spearman, val/translation_acc): aligned_pivot has the best mean
 
 
 def recipe_module():
-    spec = importlib.util.spec_from_file_location("alignment_recipe", ROOT / "scripts" / "alignment_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("alignment_recipe")
 
 
 def dev(arm: str, dev_table: dict) -> dict[str, float]:

@@ -3,13 +3,11 @@ reference's data (STS-B train + silver pairs and both caches), exports it with O
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from scripts_loader import load_script
 
 
 class Stop(Exception):
@@ -17,10 +15,7 @@ class Stop(Exception):
 
 
 def recipe_module():
-    spec = importlib.util.spec_from_file_location("frontier_recipe", ROOT / "scripts" / "frontier_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("frontier_recipe")
 
 
 @pytest.mark.parametrize(("extra", "only"), [([], False), (["e5"], False), (["e5-11"], True)])

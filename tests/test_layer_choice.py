@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from scripts_loader import load_script
 
 
 def module():
-    spec = importlib.util.spec_from_file_location("layer_choice", ROOT / "scripts" / "layer_choice.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("layer_choice")
 
 
 def test_candidates_default_to_each_single_layer_and_parse_given_sets():

@@ -3,15 +3,11 @@ group cache builds the teacher the fit made (its backbone and length from the ru
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import yaml
+from scripts_loader import load_script
 
 from distill.recipe import Recipe
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Stop(Exception):
@@ -19,10 +15,7 @@ class Stop(Exception):
 
 
 def recipe_module():
-    spec = importlib.util.spec_from_file_location("retrieval_recipe", ROOT / "scripts" / "retrieval_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("retrieval_recipe")
 
 
 def test_teacher_config_reaches_the_fit_and_the_cache_builds_that_teacher(tmp_path, monkeypatch):
