@@ -124,3 +124,48 @@ def test_multilingual_data_fixes_its_splits(capsys):
         run(["fit", "--config", str(ROOT / "configs/student/quickstart.yaml"),
              "--data=distill.multilingual.MultilingualDataModule", "--data.init_args.train=a.csv", "--print_config"])
     assert done.value.code == 2 and "'train' is not accepted" in capsys.readouterr().err
+
+
+def _padded_tokens(batches: list[dict]) -> int:
+    return sum(b[k].numel() for b in batches for k in ("a_input_ids", "b_input_ids"))
+
+
+def test_validation_and_test_run_longest_first_and_predict_keeps_file_order(tiny_backbone: str,
+                                                                            pair_files: dict[str, str]):
+    """Evaluation batches come longest first (less padding; every pair once), unless group_by_length is off;
+    predict keeps file order, since its output rows follow the input file."""
+    kwargs = {"train": pair_files["train"], "val": pair_files["dev"], "test": pair_files["test"],
+              "predict": pair_files["test"], "label_range": (0, 5), "eval_batch_size": 8,
+              "tokenization": _spec(tiny_backbone)}
+    dm, plain = PairDataModule(**kwargs), PairDataModule(group_by_length=False, **kwargs)
+    for module in (dm, plain):
+        module.setup("fit")
+        module.setup("test")
+        module.setup("predict")
+    for split in ("val", "test"):
+        batches = list(getattr(dm, f"{split}_dataloader")())
+        in_file = list(getattr(plain, f"{split}_dataloader")())
+        ids = [p for b in batches for p in b["pair_id"]]
+        assert sorted(ids) == sorted(dm.datasets[split]["pair_id"]) and len(ids) == len(set(ids))
+        assert [p for b in in_file for p in b["pair_id"]] == list(dm.datasets[split]["pair_id"])
+        widths = [max(b["a_input_ids"].shape[1], b["b_input_ids"].shape[1]) for b in batches]
+        assert widths == sorted(widths, reverse=True)
+        assert _padded_tokens(batches) < _padded_tokens(in_file)
+    predicted = [p for b in dm.predict_dataloader() for p in b["pair_id"]]
+    assert predicted == list(dm.datasets["predict"]["pair_id"])
+
+
+def test_sorted_evaluation_gives_the_file_order_metrics(tiny_backbone: str, pair_files: dict[str, str],
+                                                       tmp_path: Path):
+    """Spearman gathers every pair of a set before ranking, so the longest-first order changes no figure (up to
+    float noise from narrower padding)."""
+    from distill.cli import run
+
+    args = ["validate", *student_args(tiny_backbone, pair_files, tmp_path, None), "--seed_everything=0"]
+    with mock.patch("sys.argv", ["distill"]):
+        sorted_run = run(args).trainer.callback_metrics
+        in_file = run([*args, "--data.init_args.group_by_length=false"]).trainer.callback_metrics
+    keys = [k for k in in_file if k.startswith("val/spearman")]
+    assert keys and all(torch.isfinite(in_file[k]) for k in keys)
+    for key in keys:
+        assert abs(float(sorted_run[key]) - float(in_file[key])) < 1e-4, key

@@ -8,7 +8,7 @@ One concept per module, each importing only those above it in this list:
 Every public name is importable from `distill.data`, and `distill.data.PairDataModule` is the `class_path` configs use.
 """
 
-from distill.data.batches import GroupCollator, LengthGroupedSampler, PairCollator
+from distill.data.batches import GroupCollator, LengthGroupedSampler, LengthSortedSampler, PairCollator
 from distill.data.modules import GroupDataModule, PairDataModule, make_groups
 from distill.data.reading import (
     FORMATS,
@@ -23,6 +23,7 @@ from distill.data.reading import (
 from distill.data.tokenised import (
     fingerprint,
     load_tokenizer,
+    pair_lengths,
     token_lengths,
     tokenised_cache_file,
     tokenize,
@@ -35,6 +36,7 @@ __all__ = [
     "GroupCollator",
     "GroupDataModule",
     "LengthGroupedSampler",
+    "LengthSortedSampler",
     "PairCollator",
     "PairDataModule",
     "concat_pairs",
@@ -46,6 +48,7 @@ __all__ = [
     "normalise",
     "read_pairs",
     "read_texts",
+    "pair_lengths",
     "token_lengths",
     "tokenised_cache_file",
     "tokenize",

@@ -11,11 +11,12 @@ from torch.utils.data import DataLoader
 
 from distill.cache_join import ScoreCache, join_caches
 from distill.cache_keys import normalise
-from distill.data.batches import GroupCollator, LengthGroupedSampler, PairCollator
+from distill.data.batches import GroupCollator, LengthGroupedSampler, LengthSortedSampler, PairCollator
 from distill.data.reading import DataError, concat_pairs, read_pairs, read_texts
 from distill.data.tokenised import (
     drop_if_unreadable,
     load_tokenizer,
+    pair_lengths,
     token_lengths,
     tokenised_cache_file,
     tokenize,
@@ -49,7 +50,9 @@ class PairDataModule(pl.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for validation, test and predict.
         max_pairs: use only the first N pairs of each split (smoke runs).
-        group_by_length: batch training pairs of similar length (less padding, faster on CPU).
+        group_by_length: batch pairs of similar length (less padding, faster on CPU): training in a
+            length-grouped random order, validation and test longest first (their metrics ignore row order;
+            predict keeps file order).
         seed: seed of the training order.
         num_workers: DataLoader workers.
         documents: `text_b` holds documents (retrieval candidates), tokenised with the model's document prefix
@@ -179,7 +182,10 @@ class PairDataModule(pl.LightningDataModule):
         size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
         collate = PairCollator(tok.pad_token_id or 0)
         if not shuffle:
-            return DataLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers)
+            sorted_eval = split in ("val", "test") and self.hparams.group_by_length
+            sampler = LengthSortedSampler(pair_lengths(dataset)) if sorted_eval else None
+            return DataLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers,
+                              sampler=sampler)
         key = "input_ids" if "input_ids" in dataset.column_names else "a_input_ids"
         lengths = token_lengths(dataset, key).tolist()
         window = size * 32 if self.hparams.group_by_length else 1
