@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -153,6 +154,11 @@ def test_validation_and_test_run_longest_first_and_predict_keeps_file_order(tiny
         assert _padded_tokens(batches) < _padded_tokens(in_file)
     predicted = [p for b in dm.predict_dataloader() for p in b["pair_id"]]
     assert predicted == list(dm.datasets["predict"]["pair_id"])
+    # `limit_val_batches: 2` glances at the first pairs of the file, not at the longest ones
+    dm.trainer = SimpleNamespace(limit_val_batches=2, limit_test_batches=1.0)
+    glance = [p for b in dm.val_dataloader() for p in b["pair_id"]]
+    assert glance == list(dm.datasets["val"]["pair_id"])
+    assert [p for b in dm.test_dataloader() for p in b["pair_id"]] != list(dm.datasets["test"]["pair_id"])
 
 
 def test_sorted_evaluation_gives_the_file_order_metrics(tiny_backbone: str, pair_files: dict[str, str],

@@ -52,7 +52,8 @@ class PairDataModule(pl.LightningDataModule):
         max_pairs: use only the first N pairs of each split (smoke runs).
         group_by_length: batch pairs of similar length (less padding, faster on CPU): training in a
             length-grouped random order, validation and test longest first (their metrics ignore row order;
-            predict keeps file order).
+            predict, and an evaluation cut short by `trainer.limit_val_batches`/`limit_test_batches`, keep file
+            order).
         seed: seed of the training order.
         num_workers: DataLoader workers.
         documents: `text_b` holds documents (retrieval candidates), tokenised with the model's document prefix
@@ -182,7 +183,7 @@ class PairDataModule(pl.LightningDataModule):
         size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
         collate = PairCollator(tok.pad_token_id or 0)
         if not shuffle:
-            sorted_eval = split in ("val", "test") and self.hparams.group_by_length
+            sorted_eval = split in ("val", "test") and self.hparams.group_by_length and self._evaluates_all(split)
             sampler = LengthSortedSampler(pair_lengths(dataset)) if sorted_eval else None
             return DataLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers,
                               sampler=sampler)
@@ -192,6 +193,12 @@ class PairDataModule(pl.LightningDataModule):
         return ResumableLoader(dataset, batch_size=size, collate_fn=collate, num_workers=self.hparams.num_workers,
                                sampler=LengthGroupedSampler(lengths, window=window, seed=self.hparams.seed),
                                datamodule=self)
+
+    def _evaluates_all(self, split: str) -> bool:
+        # `limit_val_batches: 2` asks for a glance at some pairs: the first ones in file order, as before, not
+        # the longest ones that a sorted order would put first
+        limit = getattr(self.trainer, f"limit_{split}_batches", 1.0) if self.trainer is not None else 1.0
+        return isinstance(limit, float) and limit == 1.0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
