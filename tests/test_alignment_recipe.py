@@ -73,6 +73,10 @@ def test_chosen_multilingual_is_tested_in_full_once(tmp_path, monkeypatch):
     report, tested, _, exported = run_plan(module, tmp_path, monkeypatch, table, [])
     assert report["chosen"] == "multilingual" and exported == ["multilingual"]
     assert tested == {"zero_shot": "all", "multilingual": "all"}
+    # the monolingual target compares the chosen arm with the multilingual one: against itself it is no figure
+    mono = {k: v for k, v in module.targets(report, "multilingual").items() if k.startswith("STS mean of 11")}
+    assert [v["met"] for v in mono.values()] == [None] and "n/a" in next(iter(mono))
+    assert "STS mean of 11 languages >= multilingual - 0.005" in module.targets(report, "aligned_pivot")
 
 
 def test_test_all_tests_every_arm_in_full(tmp_path, monkeypatch):
