@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -91,6 +92,9 @@ def main() -> None:
     figures, other = first[0]["figures"], plain[0]["figures"]
     if not figures or figures.keys() != other.keys():
         raise SystemExit(f"eval_order: the two orders logged different figures: {sorted(figures)} vs {sorted(other)}")
+    bad = sorted(k for run in (figures, other) for k, v in run.items() if not math.isfinite(v))
+    if bad:
+        raise SystemExit(f"eval_order: non-finite test figures {bad}: the model or the data is broken, no timing kept")
     report = {
         "machine": describe(machine()), "command": " ".join(["python scripts/eval_order.py", *sys.argv[1:]]),
         "rounds": args.rounds, "pairs": first[0]["pairs"], "pairs_per_set": args.pairs,
@@ -99,7 +103,7 @@ def main() -> None:
                            "min_s": round(min(r["seconds"] for r in runs), 1),
                            "max_s": round(max(r["seconds"] for r in runs), 1),
                            "batch_tokens": runs[0]["batch_tokens"],
-                           "spearman": round(runs[0]["figures"].get("test/spearman", float("nan")), 4)}
+                           "spearman": round(runs[0]["figures"]["test/spearman"], 4)}
                    for order, runs in results.items()},
         "speedup": round(statistics.median(ratios), 2), "speedup_min": round(min(ratios), 2),
         "speedup_max": round(max(ratios), 2), "n_figures": len(figures),

@@ -126,10 +126,10 @@ def token_lengths(rows: Dataset, column: str) -> np.ndarray:
     return pc.list_value_length(rows.data.column(column)).to_numpy(zero_copy_only=False)
 
 
-def pair_lengths(rows: Dataset) -> list[int]:
+def pair_lengths(rows: Dataset) -> np.ndarray:
     """Each row's longest token list: `input_ids` (a joint pair), or the longer of `a_input_ids`/`b_input_ids`
     (`PairCollator` pads both sides to one width, so the longer side sets what the row costs a batch)."""
     columns = [c for c in ("input_ids", "a_input_ids", "b_input_ids") if c in rows.column_names]
     if not columns:
         raise ValueError(f"no token column in {rows.column_names}; expected input_ids or a_input_ids/b_input_ids")
-    return np.max(np.stack([token_lengths(rows, c) for c in columns]), axis=0).tolist()
+    return np.max(np.stack([token_lengths(rows, c) for c in columns]), axis=0)
