@@ -9,8 +9,9 @@ import sys
 import pytest
 from scripts_loader import load_script
 
-DEV = {"multilingual": (0.78, 0.99), "aligned": (0.78, 0.998), "aligned_pivot": (0.79, 0.999),
-       "zero_shot": (0.74, 0.994)}  # (val/spearman, val/translation_acc): aligned_pivot has the best mean
+DEV = {"multilingual": (0.78, 0.99), "multilingual_aligned": (0.785, 0.997), "aligned": (0.78, 0.998),
+       "aligned_pivot": (0.79, 0.999), "zero_shot": (0.74, 0.994)}
+# (val/spearman, val/translation_acc): aligned_pivot has the best mean
 
 
 def recipe_module():
@@ -21,14 +22,17 @@ def dev(arm: str, dev_table: dict) -> dict[str, float]:
     return {"val/spearman": dev_table[arm][0], "val/translation_acc": dev_table[arm][1]}
 
 
-def run_plan(module, tmp_path, monkeypatch, dev_table: dict, extra: list[str]) -> tuple[dict, dict, list, dict]:
+def run_plan(module, tmp_path, monkeypatch, dev_table: dict, extra: list[str],
+             fits: dict | None = None) -> tuple[dict, dict, list, dict]:
     validated, tested, exported = [], {}, []
+    fits = {} if fits is None else fits
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(module, "run_verb", lambda args: None)  # `prepare`
     monkeypatch.setattr(module, "teacher_and_cache", lambda recipe, out, smoke: ("teacher.ckpt", "cache/train"))
     monkeypatch.setattr(module, "save_teacher_folder", lambda ckpt, folder: "teacher-folder")
 
     def fit(run, arm, config, extra_args):
+        fits[arm] = [*config, *extra_args]
         return {"checkpoint": f"{arm}.ckpt", "fit_s": 0.0, "train_pairs": 1, "steps": 1, "parallel_data": None,
                 "dev": dev(arm, dev_table)}
 
@@ -61,7 +65,8 @@ def test_chosen_arm_and_zero_shot_tested_in_full_multilingual_on_sts(tmp_path, m
     assert report["chosen"] == "aligned_pivot" and exported == ["aligned_pivot"]
     assert tested == {"zero_shot": "all", "multilingual": "sts", "aligned_pivot": "all"}
     assert sorted(validated) == ["multilingual", "zero_shot"]  # the alignment arms' dev comes from their fits
-    assert report["arms"]["aligned"]["dev"] == dev("aligned", DEV)
+    assert report["arms"]["multilingual_aligned"]["dev"] == dev("multilingual_aligned", DEV)
+    assert "aligned" not in report["arms"]  # not a default arm
     assert report["arms"]["aligned_pivot"]["dev_score"] == round((0.79 + 0.999) / 2, 4)
     text = (tmp_path / "alignment" / "report.md").read_text()
     assert "Chosen on dev: aligned_pivot" in text and "multilingual (STS sets only)" in text
@@ -82,7 +87,21 @@ def test_chosen_multilingual_is_tested_in_full_once(tmp_path, monkeypatch):
 def test_test_all_tests_every_arm_in_full(tmp_path, monkeypatch):
     module = recipe_module()
     _, tested, _, _ = run_plan(module, tmp_path, monkeypatch, DEV, ["--test_all"])
-    assert tested == {arm: "all" for arm in module.ARMS}
+    assert tested == {arm: "all" for arm in module.DEFAULT_ARMS}
+
+
+def test_multilingual_aligned_starts_from_and_regresses_onto_the_multilingual_arm(tmp_path, monkeypatch):
+    module = recipe_module()
+    fits: dict = {}
+    report, _, _, _ = run_plan(module, tmp_path, monkeypatch, {**DEV, "multilingual_aligned": (0.8, 0.999)},
+                               ["--arms", *module.ARMS], fits)
+    assert list(fits) == ["multilingual", "multilingual_aligned", "aligned_pivot", "aligned"]
+    continued = fits["multilingual_aligned"]
+    assert "--model.init_args.student.init_args.backbone=teacher-folder" in continued
+    assert "--data.init_args.teacher_embeddings=teacher-folder" in continued
+    for arm in ("aligned", "aligned_pivot"):  # the others start from multilingual-e5-small, as configured
+        assert not any(a.startswith("--model.init_args.student.init_args.backbone") for a in fits[arm])
+    assert report["chosen"] == "multilingual_aligned"
 
 
 def test_selected_dev_reads_the_row_that_selected_the_checkpoint(tmp_path):
