@@ -213,6 +213,16 @@ def targets(report: dict[str, Any], arm: str) -> dict[str, dict[str, Any]]:
             for name, (v, b, op) in out.items()}
 
 
+def dev_row(arm: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """An arm's dev row: the selection's two terms and score, with the cross-lingual sets the targets read."""
+    dev = figures.get("dev", {})
+    sts = lambda s: dev.get(f"val/spearman_cosine/{s}")  # noqa: E731
+    cross = _mean([sts(f"{x}-en") for x in STS_LANGUAGES if x != "en"])
+    return {"arm": arm, "val/spearman": dev.get("val/spearman"), "en": sts("en"), "de-en": sts("de-en"),
+            "zh-en": sts("zh-en"), "mean xx-en / en": round(cross / sts("en"), 4) if cross and sts("en") else None,
+            "val/translation_acc": dev.get("val/translation_acc"), "dev score": figures.get("dev_score")}
+
+
 def markdown(report: dict[str, Any]) -> str:
     from distill.evaluation import markdown_table
 
@@ -227,9 +237,7 @@ def markdown(report: dict[str, Any]) -> str:
                 rows.setdefault(name, {"set": name})[arm] = v
     order = sorted(rows.values(), key=lambda r: (["STS", "FLORES", "Tatoeba"].index(r["set"].split()[0]),
                                                  r["set"].count("-"), r["set"]))
-    dev = [{"arm": a, "val/spearman": report["arms"][a].get("dev", {}).get("val/spearman"),
-            "val/translation_acc": report["arms"][a].get("dev", {}).get("val/translation_acc"),
-            "dev score": report["arms"][a].get("dev_score")} for a in arms]
+    dev = [dev_row(a, report["arms"][a]) for a in arms]
     lines = ["# Alignment from parallel data (test splits; every choice on dev: stsb_multi_mt dev, FLORES dev)", "",
              f"Machine: {describe(report['machine'])}. Command: `{report.get('command')}`"
              f"{' (smoke: figures mean nothing)' if report.get('smoke') else ''}.", "",
