@@ -113,3 +113,14 @@ def test_selected_dev_reads_the_row_that_selected_the_checkpoint(tmp_path):
     csv.write_text("epoch,step,train/loss,val/spearman\n0,9,0.5,\n")
     with pytest.raises(RuntimeError, match="no val/spearman row"):
         module.selected_dev(csv)
+
+
+def test_dev_row_reads_the_cross_lingual_ratio_the_targets_read():
+    module = recipe_module()
+    dev = {f"val/spearman_cosine/{x}-en": 0.6 for x in module.STS_LANGUAGES if x != "en"}
+    dev |= {"val/spearman_cosine/en": 0.8, "val/spearman_cosine/de-en": 0.7, "val/spearman": 0.75}
+    row = module.dev_row("multilingual", {"dev": dev, "dev_score": 0.9})
+    # mean of nine 0.6 and one 0.7 over English 0.8; zh-en is one of the 0.6
+    assert row["mean xx-en / en"] == round(0.61 / 0.8, 4) and row["de-en"] == 0.7 and row["zh-en"] == 0.6
+    missing = module.dev_row("zero_shot", {"dev": {"val/spearman": 0.7}, "dev_score": 0.8})
+    assert missing["mean xx-en / en"] is None and missing["dev score"] == 0.8
