@@ -8,8 +8,9 @@ Stages (each timed into runs/alignment/report.json; a killed run resumes where i
    selected checkpoint, saved as a folder, is the English teacher bi-encoder whose vectors the alignment arms
    regress onto (384-d and in e5's own space: docs/alignment.md);
 3. `multilingual_aligned`: the multilingual arm's selected weights aligned further on the parallel pairs
-   (configs/alignment/student.yaml, EmbeddingMSE only) onto that same model's English vectors: English starts at
-   its teacher (a zero loss that anchors it) and every translation is pulled onto it;
+   (configs/alignment/student.yaml + multilingual-aligned.yaml, EmbeddingMSE only) onto that same model's
+   English vectors: English starts at its teacher (a zero loss that anchors it) and every translation is pulled
+   onto it;
 4. `aligned_pivot`: multilingual-e5-small on the parallel pairs + configs/alignment/pivot.yaml (the teacher's
    pivot-pair scores);
    (`aligned`, e5 on the parallel pairs alone, is left out by default to pay for `multilingual_aligned` within
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CAP_MIN = 100  # the all-in time cap, minutes (issue 16)
 ALIGN = ["--config", "configs/alignment/student.yaml"]
 PIVOT = ["--config", "configs/alignment/pivot.yaml"]
+CONTINUED = ["--config", "configs/alignment/multilingual-aligned.yaml"]
 MULTILINGUAL = ["--config", "configs/multilingual/student.yaml"]
 SMOKE = ["--config", "configs/alignment/smoke.yaml"]
 STS_ONLY = ["--config", "configs/alignment/test-sts.yaml"]  # the test without Tatoeba and FLORES
@@ -278,8 +280,10 @@ def main() -> None:
         fits = {
             "multilingual": lambda: fit(run, "multilingual", MULTILINGUAL, [f"--data.init_args.cache_dir={cache}",
                                                                             *smoke_ml]),
-            # the teacher folder twice: the weights it starts from and the English vectors it regresses onto
-            "multilingual_aligned": lambda: fit(run, "multilingual_aligned", run.eval_config, [
+            # the teacher folder twice (as in the config, at this run's --out): the weights it starts from and the
+            # English vectors it regresses onto
+            "multilingual_aligned": lambda: fit(run, "multilingual_aligned", [*ALIGN, *CONTINUED,
+                                                                              *(SMOKE if args.smoke else [])], [
                 f"--model.init_args.student.init_args.backbone={report['teacher_folder']}",
                 f"--data.init_args.teacher_embeddings={report['teacher_folder']}",
                 f"--data.init_args.teacher_embeddings_dir={out / 'multilingual-aligned' / 'teacher-embeddings'}"]),

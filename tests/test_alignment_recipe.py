@@ -97,6 +97,7 @@ def test_multilingual_aligned_starts_from_and_regresses_onto_the_multilingual_ar
                                ["--arms", *module.ARMS], fits)
     assert list(fits) == ["multilingual", "multilingual_aligned", "aligned_pivot", "aligned"]
     continued = fits["multilingual_aligned"]
+    assert "configs/alignment/multilingual-aligned.yaml" in continued
     assert "--model.init_args.student.init_args.backbone=teacher-folder" in continued
     assert "--data.init_args.teacher_embeddings=teacher-folder" in continued
     for arm in ("aligned", "aligned_pivot"):  # the others start from multilingual-e5-small, as configured
