@@ -5,10 +5,10 @@ Stages (each timed into runs/frontier/report.json; a killed run resumes where it
 1. the strong cross-encoder and its STS-B train cache (shared with the other recipes; a small MiniLM one in smoke),
    and 5,000 AugSBERT silver pairs for the reference (mined from STS-B train sentences, scored by that teacher);
 2. students from configs/frontier/: `layers-6` (the reference, on STS-B train + the silver pairs, exported at
-   once), `layers-3`, `layers-2`
-   (keep_layers), `dims-128`, `matryoshka` (one run, six (layers, dims) points), then `static` (token vectors of
-   the exported reference, fine-tuned). All fit the same cached teacher scores; the shallow, Matryoshka and static
-   students also learn the exported reference's vectors of a ~30,000-sentence pool (configs/frontier/pool.yaml:
+   once), `layers-3`, `layers-2` (keep_layers), `dims-256`, `dims-128`, `matryoshka` (one run, seven (layers, dims)
+   points), then `static` (token vectors of the exported reference, fine-tuned). All fit the same cached teacher
+   scores; the shallow, Matryoshka and static students also learn the exported reference's vectors of a
+   ~30,000-sentence pool (configs/frontier/pool.yaml:
    embedding-level distillation, as sentence-transformers reduces layers and model2vec's tokenlearn fits tables);
 3. every student exported (`distill export`, ONNX int8 where the width is whole; the Matryoshka run at each of its
    points with --layers/--dims);
@@ -64,7 +64,7 @@ SMOKE = ["--config", "configs/frontier/smoke.yaml"]
 REFERENCE = "layers-6"
 #: variant -> overlays on BASE; those with `pool` also learn the exported reference's vectors of a sentence pool
 VARIANTS = {REFERENCE: ["silver"], "layers-3": ["layers-3", "pool"], "layers-2": ["layers-2", "pool"],
-            "dims-128": ["dims-128"], "matryoshka": ["pool", "pool-matryoshka"]}
+            "dims-256": ["dims-256"], "dims-128": ["dims-128"], "matryoshka": ["pool", "pool-matryoshka"]}
 STATIC = ["static", "pool", "static-pool"]
 #: opt-in students (`--extra`), on the reference's data (STS-B train + silver pairs), and the minutes each adds
 EXTRA = {"e5": ["silver", "e5"], "e5-11": ["silver", "e5", "e5-11"], "e5-10": ["silver", "e5", "e5-10"]}
@@ -72,8 +72,8 @@ EXTRA_MIN = {"e5": 25, "e5-11": 24, "e5-10": 22}
 #: `--only_extra`: the teacher, its cache, the silver pairs, accuracy and bench, without the default students
 ONLY_EXTRA_BASE_MIN = 35
 #: the Matryoshka run's points (layers, dims) and the separately trained student at the same point
-POINTS = {(6, 384): "layers-6", (6, 128): "dims-128", (3, 384): "layers-3", (3, 128): None, (2, 384): "layers-2",
-          (2, 64): None}
+POINTS = {(6, 384): "layers-6", (6, 256): "dims-256", (6, 128): "dims-128", (3, 384): "layers-3", (3, 128): None,
+          (2, 384): "layers-2", (2, 64): None}
 PEERS = ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
 SMOKE_PEERS = PEERS[:1]  # mpnet alone would take a smoke run's minutes
 N_CANDIDATES = {False: 1000, True: 100}  # 1 query vs N pre-encoded candidates (smoke: fewer)
