@@ -19,6 +19,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: instruction sets that move CPU figures, as /proc/cpuinfo names them: AVX-512 and VNNI (int8 dot products) decide how
+#: fast ONNX int8 serves against fp32 torch, avx512_bf16/AMX whether bf16 is native (a "x all-MiniLM-L6-v2" ratio
+#: measured on one of these CPUs does not hold on another)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The instruction sets of ISA_FLAGS this CPU has, in that order (x86 `flags`; empty where there are none)."""
+    if not cpuinfo.is_file():
+        return []
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in ISA_FLAGS if f in have]
+    return []
+
+
 def bf16_reason() -> str | None:
     """Why torch bf16 is not measured here, or None when the CPU has native bf16 instructions."""
     flags = ""
@@ -52,10 +69,12 @@ def run_precision(precision: Any, accelerator: Any = "auto") -> tuple[Any, str |
 
 
 def machine() -> dict[str, Any]:
-    """CPU, cores, torch threads, torch version, date (and the GPU when there is one)."""
+    """CPU, its instruction sets of ISA_FLAGS, cores, torch threads, torch version, date (and the GPU when there is
+    one)."""
     import torch
 
-    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    info = {"cpu": cpu_name(), "isa": cpu_flags(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -67,5 +86,6 @@ def describe(info: dict[str, Any] | str) -> str:
     if isinstance(info, str):
         return info
     gpu = f", {info['gpu']}" if info.get("gpu") else ""
-    return f"{info['cpu']}, {info['cores']} cores ({info['threads']} torch threads){gpu}, torch {info['torch']}, " \
-           f"{info['date']}"
+    isa = f" ({' '.join(info['isa'])})" if info.get("isa") else ""  # reports before 2026-12-01 have no `isa`
+    return f"{info['cpu']}{isa}, {info['cores']} cores ({info['threads']} torch threads){gpu}, " \
+           f"torch {info['torch']}, {info['date']}"
