@@ -25,8 +25,10 @@ def cpu_name() -> str:
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """The instruction sets of ISA_FLAGS this CPU has, in that order (x86 `flags`; empty where there are none)."""
+def cpu_flags(cpuinfo: Path | None = None) -> list[str]:
+    """The instruction sets of ISA_FLAGS this CPU has, in that order (x86 `flags`; empty where there are none);
+    `cpuinfo`: another file to read than /proc/cpuinfo (resolved per call, so tests can stand one in)."""
+    cpuinfo = cpuinfo or Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         return []
     for line in cpuinfo.read_text().splitlines():
@@ -38,13 +40,11 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
 
 def bf16_reason() -> str | None:
     """Why torch bf16 is not measured here, or None when the CPU has native bf16 instructions."""
-    flags = ""
-    if Path("/proc/cpuinfo").is_file():
-        flags = Path("/proc/cpuinfo").read_text()
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
+    if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
         return None
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     # Arm: the Features line names bf16 (Armv8.6 BFloat16 instructions: Graviton3, Neoverse V1/N2, Apple M2)
-    if any(line.startswith("Features") and " bf16" in f"{line} " for line in flags.splitlines()):
+    if any(line.startswith("Features") and " bf16" in f"{line} " for line in cpuinfo.splitlines()):
         return None
     return "this CPU lacks native bf16 (avx512_bf16/amx_bf16): torch would emulate it, slower than fp32"
 
