@@ -49,11 +49,11 @@ def sts_sets(encode: Encode, rows: Sequence[dict[str, Any]]) -> dict[str, float]
     index = {t: i for i, t in enumerate(texts)}
     emb = np.asarray(encode(texts), dtype=np.float64)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    by_set: dict[str, list[tuple[float, float]]] = {}
-    for r in rows:
-        cos = float(emb[index[r["text_a"]]] @ emb[index[r["text_b"]]])
-        by_set.setdefault(r["eval_set"], []).append((cos, float(r["label"])))
-    return {name: round(float(spearmanr(*zip(*pairs)).statistic), 4) for name, pairs in by_set.items()}
+    a, b = (np.array([index[r[k]] for r in rows]) for k in ("text_a", "text_b"))
+    cos = np.einsum("ij,ij->i", emb[a], emb[b])
+    label, sets = np.array([float(r["label"]) for r in rows]), np.array([r["eval_set"] for r in rows])
+    return {name: round(float(spearmanr(cos[sets == name], label[sets == name]).statistic), 4)
+            for name in dict.fromkeys(sets.tolist())}
 
 
 def ratios(sts: dict[str, float]) -> dict[str, float | None]:

@@ -42,3 +42,8 @@ def test_ratios_divide_by_english_and_need_every_cross_set():
     assert out["mean xx / en"] == 0.75
     del sts["ru-en"]
     assert ref.ratios(sts)["mean xx-en / en"] is None  # a mean over 9 sets is not the target's mean over 10
+
+
+def test_an_unknown_encoder_is_refused_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^no-such-model: not use-m, e5 or a sentence-transformers folder; export"):
+        module().encoder("no-such-model", 1)
