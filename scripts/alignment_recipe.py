@@ -4,7 +4,8 @@ mixed with pivot-pair KD, to put 28 languages where an English teacher bi-encode
 Stages (each timed into runs/alignment/report.json; a killed run resumes where it stopped):
 1. `prepare` (e5 converted once), the strong English cross-encoder and its STS-B train cache (shared with the
    multilingual recipe; the smoke run trains a small MiniLM one instead);
-2. `multilingual`: the existing multilingual recipe's student (configs/multilingual/student.yaml), rerun here; its
+2. `multilingual`: the existing multilingual recipe's student (configs/multilingual/student.yaml), rerun here with
+   twice its pivot pairs (configs/multilingual/pairs-1200.yaml: dev preferred 1,200 to 600); its
    selected checkpoint, saved as a folder, is the English teacher bi-encoder whose vectors the alignment arms
    regress onto (384-d and in e5's own space: docs/alignment.md);
 3. `multilingual_aligned`: the multilingual arm's selected weights aligned further on the parallel pairs
@@ -57,7 +58,7 @@ CAP_MIN = 100  # the all-in time cap, minutes (issue 16)
 ALIGN = ["--config", "configs/alignment/student.yaml"]
 PIVOT = ["--config", "configs/alignment/pivot.yaml"]
 CONTINUED = ["--config", "configs/alignment/multilingual-aligned.yaml"]
-MULTILINGUAL = ["--config", "configs/multilingual/student.yaml"]
+MULTILINGUAL = ["--config", "configs/multilingual/student.yaml", "--config", "configs/multilingual/pairs-1200.yaml"]
 SMOKE = ["--config", "configs/alignment/smoke.yaml"]
 STS_ONLY = ["--config", "configs/alignment/test-sts.yaml"]  # the test without Tatoeba and FLORES
 TRAINED = sorted(iso(c) for c in TATOEBA_CHALLENGE_CODES)
