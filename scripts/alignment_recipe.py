@@ -27,7 +27,7 @@ Stages (each timed into runs/alignment/report.json; a killed run resumes where i
 7. the chosen arm exported to runs/alignment/export/student, a sentence-transformers folder whose `prompts` carry
    the prefix.
 
-    nice -n 19 python scripts/alignment_recipe.py            # about 85 min on 2 CPU cores (cap: 100)
+    nice -n 19 python scripts/alignment_recipe.py            # 47 min on 2 CPU cores with bf16 (cap: 100)
     python scripts/alignment_recipe.py --smoke               # every stage on a few pairs, for CI (< 5 min)
 """
 
