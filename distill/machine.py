@@ -19,20 +19,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-#: instruction sets that move CPU figures, as /proc/cpuinfo names them: AVX-512 and VNNI (int8 dot products) decide how
-#: fast ONNX int8 serves against fp32 torch, avx512_bf16/AMX whether bf16 is native (a "x all-MiniLM-L6-v2" ratio
-#: measured on one of these CPUs does not hold on another)
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+#: instruction sets that move CPU figures, as /proc/cpuinfo names them: AVX-512 and VNNI (x86) or i8mm (Arm) decide
+#: how fast ONNX int8 serves against fp32 torch, avx512_bf16/AMX (x86) or bf16 (Arm) whether bf16 is native (a
+#: "x all-MiniLM-L6-v2" ratio measured on one of these CPUs does not hold on another)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "i8mm", "bf16")
+NATIVE_BF16 = {"avx512_bf16", "amx_bf16", "bf16"}  # bf16: Armv8.6 BFloat16 (Graviton3, Neoverse V1/N2, Apple M2)
 
 
 def cpu_flags(cpuinfo: Path | None = None) -> list[str]:
-    """The instruction sets of ISA_FLAGS this CPU has, in that order (x86 `flags`; empty where there are none);
-    `cpuinfo`: another file to read than /proc/cpuinfo (resolved per call, so tests can stand one in)."""
+    """The instruction sets of ISA_FLAGS this CPU has, in that order (the `flags` line on x86, `Features` on Arm;
+    empty where there is neither); `cpuinfo`: another file to read than /proc/cpuinfo (resolved per call, so tests
+    can stand one in)."""
     cpuinfo = cpuinfo or Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         return []
     for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):
             have = set(line.split(":", 1)[1].split())
             return [f for f in ISA_FLAGS if f in have]
     return []
@@ -40,11 +42,7 @@ def cpu_flags(cpuinfo: Path | None = None) -> list[str]:
 
 def bf16_reason() -> str | None:
     """Why torch bf16 is not measured here, or None when the CPU has native bf16 instructions."""
-    if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
-        return None
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    # Arm: the Features line names bf16 (Armv8.6 BFloat16 instructions: Graviton3, Neoverse V1/N2, Apple M2)
-    if any(line.startswith("Features") and " bf16" in f"{line} " for line in cpuinfo.splitlines()):
+    if NATIVE_BF16 & set(cpu_flags()):
         return None
     return "this CPU lacks native bf16 (avx512_bf16/amx_bf16): torch would emulate it, slower than fp32"
 

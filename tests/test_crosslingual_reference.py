@@ -44,6 +44,6 @@ def test_ratios_divide_by_english_and_need_every_cross_set():
     assert ref.ratios(sts)["mean xx-en / en"] is None  # a mean over 9 sets is not the target's mean over 10
 
 
-def test_an_unknown_encoder_is_refused_in_one_line(tmp_path):
+def test_an_unknown_encoder_is_refused_in_one_line():
     with pytest.raises(SystemExit, match=r"^no-such-model: not use-m, e5 or a sentence-transformers folder; export"):
         module().encoder("no-such-model", 1)

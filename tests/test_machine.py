@@ -11,6 +11,8 @@ def test_cpu_flags_keep_the_instruction_sets_that_move_figures_in_a_fixed_order(
                        "flags\t\t: fpu sse2 avx512_bf16 avx2 avx512f avx512_vnni sha_ni avx512_vnni_x\n\n")
     assert cpu_flags(cpuinfo) == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
     assert cpu_flags(tmp_path / "missing") == []
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16 sbf16\n")  # Arm
+    assert cpu_flags(cpuinfo) == ["i8mm", "bf16"]
 
 
 def test_describe_names_the_instruction_sets_and_reads_reports_without_them():
